@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+// arc-imds-proxy <command>: parse, wire, run until a signal. Everything else lives in the modules it calls.
+import { createRequire } from 'node:module';
+import {
+  ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, SERVE_OPTIONS, helpText, parseDemo, parseEmulator, parseServe,
+} from './config.js';
+import { startDemo } from './demo.js';
+import { HimdsEmulator } from './emulator/himds.js';
+import { createLogger } from './observability/log.js';
+import { startProxy } from './proxy.js';
+import { ListenError } from './server.js';
+
+const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+
+const USAGE = `Usage: arc-imds-proxy [command] [options]
+
+Azure VM IMDS managed-identity endpoint for containers on Azure Arc-enabled machines.
+
+Commands:
+  serve            serve the IMDS contract, backed by Arc HIMDS or a relay (the default command)
+  emulate-himds    run the built-in HIMDS emulator, for development and tests
+  demo             the proxy in front of the emulator on free loopback ports; prints curl commands
+
+Run 'arc-imds-proxy <command> --help' for a command's options. --version prints the version.
+`;
+
+interface Running {
+  close(): Promise<void>;
+}
+
+type Command = (argv: string[]) => Promise<Running | undefined>;
+
+const COMMANDS: Record<string, Command> = {
+  async serve(argv) {
+    const { config, help } = parseServe(argv, process.env);
+    if (help) return void process.stdout.write(helpText('serve', 'Serve the Azure IMDS token contract, backed by Arc HIMDS (or a relay).', SERVE_OPTIONS));
+    return startProxy(config, createLogger(config.logLevel));
+  },
+  async 'emulate-himds'(argv) {
+    const { config, help } = parseEmulator(argv, process.env);
+    if (help) return void process.stdout.write(helpText('emulate-himds', 'Run the built-in Arc HIMDS emulator.', EMULATOR_OPTIONS));
+    const log = createLogger(config.logLevel);
+    const emulator = await HimdsEmulator.start(config, config.listen);
+    log.info({ url: emulator.url, tokensDir: config.tokensDir }, 'HIMDS emulator listening');
+    return emulator;
+  },
+  async demo(argv) {
+    const { config, help } = parseDemo(argv, process.env);
+    if (help) return void process.stdout.write(helpText('demo', 'Run the proxy in front of the HIMDS emulator on free loopback ports.', DEMO_OPTIONS));
+    const demo = await startDemo(config, createLogger(config.logLevel));
+    process.stdout.write(demo.instructions);
+    return demo;
+  },
+};
+
+function fail(message: string, code: number): never {
+  process.stderr.write(`${message.split('\n').map((line) => `arc-imds-proxy: ${line}`).join('\n')}\n`);
+  process.exit(code);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const first = argv[0];
+  if (first === '--version' || first === '-v') return void process.stdout.write(`${version}\n`);
+  if (first === '--help' || first === '-h' || first === 'help') return void process.stdout.write(USAGE);
+  const named = first !== undefined && !first.startsWith('-');
+  const name = named ? first : 'serve';
+  const command = COMMANDS[name];
+  if (!command) fail(`unknown command '${name}' (try --help)`, 2);
+
+  let running: Running | undefined;
+  try {
+    running = await command(named ? argv.slice(1) : argv);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message, 2);
+    if (err instanceof ListenError) fail(err.message, err.config ? 2 : 1);
+    if ((err as NodeJS.ErrnoException).code === 'EACCES' || (err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      fail((err as Error).message, 1);
+    }
+    throw err;
+  }
+  if (!running) return;
+  const app = running;
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => fail(`error while stopping on ${signal}: ${(err as Error).message}`, 1),
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => fail(`fatal: ${(err as Error).stack ?? String(err)}`, 1));

@@ -1,0 +1,327 @@
+// Configuration in one place: every command's options are declared once below (flag, environment variable,
+// default, help), parsed from argv + environment into a frozen object, and every problem is reported at once.
+import { parseArgs } from 'node:util';
+import path from 'node:path';
+
+// ---------------------------------------------------------------------------------------------------------
+// Value types
+// ---------------------------------------------------------------------------------------------------------
+
+/** Where a server listens. `unix` is reserved for the two-hop deployment (relay <-> sidecar). */
+export type ListenAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number };
+
+/** Where the upstream (HIMDS, or a relay) is reached. */
+export type UpstreamAddress = { readonly kind: 'tcp'; readonly origin: string; readonly host: string; readonly port: number };
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export type UserAssignedMode = 'echo' | 'ignore' | 'not-found';
+const USER_ASSIGNED_MODES: readonly UserAssignedMode[] = ['echo', 'ignore', 'not-found'];
+
+export const DEFAULT_TOKENS_DIR = '/var/opt/azcmagent/tokens';
+export const DEFAULT_HIMDS = 'http://127.0.0.1:40342';
+
+export interface ServeConfig {
+  readonly listen: readonly ListenAddress[];
+  readonly upstream: UpstreamAddress;
+  readonly tokensDir: string;
+  readonly himdsApiVersion: string;
+  /** Deadline of one upstream attempt, ms. */
+  readonly upstreamTimeoutMs: number;
+  /** Deadline for a whole client request, retries included, ms. */
+  readonly requestTimeoutMs: number;
+  readonly logLevel: LogLevel;
+}
+
+export interface EmulatorConfig {
+  readonly listen: ListenAddress;
+  readonly tokensDir: string;
+  readonly tokenLifetimeS: number;
+  readonly keyTtlMs: number;
+  readonly latencyMs: number;
+  readonly failNext: number;
+  readonly failStatus: number;
+  readonly startupUnavailableMs: number;
+  readonly userAssigned: UserAssignedMode;
+  readonly logLevel: LogLevel;
+}
+
+export interface DemoConfig {
+  readonly logLevel: LogLevel;
+}
+
+/** Bad configuration: every problem, one line each. The CLI prints them and exits 2. */
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super(problems.join('\n'));
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Value parsers: each returns the value or throws a one-line message (collected by parseCommand).
+// ---------------------------------------------------------------------------------------------------------
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+function parsePort(text: string, allowZero: boolean): number {
+  if (!/^\d{1,5}$/.test(text)) throw new Error(`port '${text}' is not a number`);
+  const port = Number(text);
+  if (port > 65535 || (port === 0 && !allowZero)) throw new Error(`port ${port} is out of range`);
+  return port;
+}
+
+/** `HOST:PORT` with an IPv4 address or a bracketed IPv6 address; port 0 picks a free port. */
+export function parseListenAddress(text: string): ListenAddress {
+  if (text.startsWith('unix:')) {
+    throw new Error(`'${text}': unix socket listeners are not supported yet; use HOST:PORT`);
+  }
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):([^:]*)$/.exec(text);
+  if (!m) throw new Error(`'${text}' is not HOST:PORT (e.g. 169.254.169.254:80 or 127.0.0.1:8080)`);
+  const rawHost = m[1]!;
+  const host = rawHost.startsWith('[') ? rawHost.slice(1, -1) : rawHost;
+  if (!rawHost.startsWith('[') && !IPV4.test(host)) {
+    throw new Error(`'${text}': host must be an IP address (IPv4, or IPv6 in brackets), not a name`);
+  }
+  return Object.freeze({ kind: 'tcp', host, port: parsePort(m[2]!, true) });
+}
+
+/** `http://HOST:PORT`. `localhost` becomes 127.0.0.1: HIMDS listens on IPv4 loopback only (as MSAL does). */
+export function parseUpstream(text: string): UpstreamAddress {
+  if (text.startsWith('unix:')) {
+    throw new Error(`'${text}': unix socket upstreams are not supported yet; use http://HOST:PORT`);
+  }
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`'${text}' is not a URL (expected http://HOST:PORT)`);
+  }
+  if (url.protocol !== 'http:') throw new Error(`'${text}': only http:// is supported (HIMDS speaks plain HTTP on loopback)`);
+  if (url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+    throw new Error(`'${text}': give only http://HOST:PORT, without path, query or credentials`);
+  }
+  const hostname = url.hostname === 'localhost' ? '127.0.0.1' : url.hostname;
+  const port = url.port === '' ? 80 : Number(url.port);
+  const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
+  return Object.freeze({ kind: 'tcp', origin: `http://${hostname}:${port}`, host, port });
+}
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Plain seconds, or a number with `ms`/`s`/`m`/`h`: `5`, `5s`, `500ms`, `5m`. Returns milliseconds. */
+export function parseDuration(text: string): number {
+  const m = DURATION.exec(text.trim());
+  if (!m) throw new Error(`'${text}' is not a duration (e.g. 5, 5s, 500ms, 5m, 1h)`);
+  return Math.round(Number(m[1]) * UNIT_MS[m[2] ?? 's']!);
+}
+
+function parseApiVersion(text: string): string {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(text)) throw new Error(`'${text}' is not an api-version (YYYY-MM-DD)`);
+  return text;
+}
+
+function parseTokensDir(text: string): string {
+  if (!path.isAbsolute(text)) throw new Error(`'${text}' must be an absolute path`);
+  const normal = path.normalize(text);
+  return normal.length > 1 && normal.endsWith('/') ? normal.slice(0, -1) : normal;
+}
+
+function oneOf<T extends string>(allowed: readonly T[]) {
+  return (text: string): T => {
+    if (!(allowed as readonly string[]).includes(text)) throw new Error(`'${text}' is not one of ${allowed.join(', ')}`);
+    return text as T;
+  };
+}
+
+function positiveInt(text: string): number {
+  if (!/^\d{1,9}$/.test(text)) throw new Error(`'${text}' is not a whole number`);
+  return Number(text);
+}
+
+function httpStatus(text: string): number {
+  const n = positiveInt(text);
+  if (n < 400 || n > 599) throw new Error(`'${text}' is not an HTTP error status (400-599)`);
+  return n;
+}
+
+function positiveDuration(text: string): number {
+  const ms = parseDuration(text);
+  if (ms <= 0) throw new Error(`'${text}' must be greater than zero`);
+  return ms;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Option tables: one row per flag. `env` is derived: ARC_IMDS_ + the flag in capitals with '_'.
+// ---------------------------------------------------------------------------------------------------------
+
+interface OptionSpec {
+  readonly flag: string;
+  readonly key: string;
+  readonly value: string; // placeholder in help
+  readonly help: string;
+  readonly parse: (text: string) => unknown;
+  readonly default?: string;
+  readonly multiple?: boolean;
+}
+
+const logLevel: OptionSpec = {
+  flag: 'log-level', key: 'logLevel', value: 'LEVEL', default: 'info', parse: oneOf(LOG_LEVELS),
+  help: `log level: ${LOG_LEVELS.join(', ')}`,
+};
+
+export const SERVE_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'listen', key: 'listen', value: 'ADDR', multiple: true, default: '169.254.169.254:80', parse: parseListenAddress,
+    help: 'IMDS listener, HOST:PORT; repeatable (environment: comma-separated)' },
+  { flag: 'upstream', key: 'upstream', value: 'URL', parse: parseUpstream,
+    help: `HIMDS or relay, http://HOST:PORT (default: $IMDS_ENDPOINT, else ${DEFAULT_HIMDS})` },
+  { flag: 'tokens-dir', key: 'tokensDir', value: 'DIR', default: DEFAULT_TOKENS_DIR, parse: parseTokensDir,
+    help: 'the only directory HIMDS key files are read from' },
+  { flag: 'himds-api-version', key: 'himdsApiVersion', value: 'DATE', default: '2020-06-01', parse: parseApiVersion,
+    help: 'api-version sent upstream' },
+  { flag: 'upstream-timeout', key: 'upstreamTimeoutMs', value: 'DURATION', default: '5s', parse: positiveDuration,
+    help: 'deadline of one upstream attempt' },
+  { flag: 'request-timeout', key: 'requestTimeoutMs', value: 'DURATION', default: '15s', parse: positiveDuration,
+    help: 'a client always gets an answer within this, retries included' },
+  logLevel,
+];
+
+export const EMULATOR_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'listen', key: 'listen', value: 'ADDR', default: '127.0.0.1:40342', parse: parseListenAddress,
+    help: 'HOST:PORT to serve the emulated HIMDS on' },
+  { flag: 'tokens-dir', key: 'tokensDir', value: 'DIR', default: DEFAULT_TOKENS_DIR, parse: parseTokensDir,
+    help: 'where challenge key files are written (created if missing)' },
+  { flag: 'token-lifetime', key: 'tokenLifetimeS', value: 'DURATION', default: '24h', parse: (t) => Math.round(positiveDuration(t) / 1000),
+    help: 'lifetime of issued tokens' },
+  { flag: 'key-ttl', key: 'keyTtlMs', value: 'DURATION', default: '30s', parse: positiveDuration,
+    help: 'an unused key file is deleted after this' },
+  { flag: 'latency', key: 'latencyMs', value: 'DURATION', default: '0', parse: parseDuration,
+    help: 'delay before every answer' },
+  { flag: 'fail-next', key: 'failNext', value: 'N', default: '0', parse: positiveInt,
+    help: 'answer the next N requests with --fail-status' },
+  { flag: 'fail-status', key: 'failStatus', value: 'STATUS', default: '503', parse: httpStatus,
+    help: 'status used by --fail-next' },
+  { flag: 'startup-unavailable', key: 'startupUnavailableMs', value: 'DURATION', default: '0', parse: parseDuration,
+    help: 'answer 503 for this long after start, as HIMDS does after boot' },
+  { flag: 'user-assigned', key: 'userAssigned', value: 'MODE', default: 'echo', parse: oneOf(USER_ASSIGNED_MODES),
+    help: 'user-assigned selectors: echo (new agents), ignore (legacy agents), not-found' },
+  logLevel,
+];
+
+export const DEMO_OPTIONS: readonly OptionSpec[] = [logLevel];
+
+export function envName(flag: string): string {
+  return `ARC_IMDS_${flag.toUpperCase().replaceAll('-', '_')}`;
+}
+
+export interface Parsed<T> {
+  readonly config: T;
+  readonly help: boolean;
+}
+
+/**
+ * Parse argv for one command against its option table. Precedence: flag, then ARC_IMDS_* variable, then the
+ * default. Throws ConfigError listing every problem.
+ */
+export function parseCommand(
+  specs: readonly OptionSpec[],
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Parsed<Record<string, unknown>> {
+  const problems: string[] = [];
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' } };
+  for (const s of specs) options[s.flag] = { type: 'string', ...(s.multiple ? { multiple: true } : {}) };
+
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }));
+  } catch (err) {
+    throw new ConfigError([(err as Error).message.replace(/\. To specify.*$/s, '')]);
+  }
+  if (values.help === true) return { config: {}, help: true };
+
+  const config: Record<string, unknown> = {};
+  for (const s of specs) {
+    const fromFlag = values[s.flag] as string | string[] | undefined;
+    const fromEnv = env[envName(s.flag)];
+    let texts: string[] | undefined;
+    let source: string;
+    if (fromFlag !== undefined) {
+      texts = Array.isArray(fromFlag) ? fromFlag : [fromFlag];
+      source = `--${s.flag}`;
+    } else if (fromEnv !== undefined && fromEnv !== '') {
+      texts = s.multiple ? fromEnv.split(',').map((x) => x.trim()).filter((x) => x !== '') : [fromEnv];
+      source = envName(s.flag);
+    } else {
+      texts = s.default === undefined ? undefined : [s.default];
+      source = `--${s.flag} default`;
+    }
+    if (texts === undefined) continue;
+    if (!s.multiple && texts.length > 1) {
+      problems.push(`--${s.flag}: given ${texts.length} times; it takes one value`);
+      continue;
+    }
+    const parsed: unknown[] = [];
+    for (const text of texts) {
+      try {
+        parsed.push(s.parse(text));
+      } catch (err) {
+        problems.push(`${source}: ${(err as Error).message}`);
+      }
+    }
+    config[s.key] = s.multiple ? parsed : parsed[0];
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { config, help: false };
+}
+
+export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<ServeConfig> {
+  const { config, help } = parseCommand(SERVE_OPTIONS, argv, env);
+  if (help) return { config: config as unknown as ServeConfig, help };
+  const problems: string[] = [];
+  if (config.upstream === undefined) {
+    // Not an ARC_IMDS_ variable: the one the Arc agent itself sets for its services.
+    const imdsEndpoint = env.IMDS_ENDPOINT;
+    try {
+      config.upstream = parseUpstream(imdsEndpoint && imdsEndpoint !== '' ? imdsEndpoint : DEFAULT_HIMDS);
+    } catch (err) {
+      problems.push(`IMDS_ENDPOINT: ${(err as Error).message}`);
+    }
+  }
+  const listen = config.listen as ListenAddress[];
+  const seen = new Set<string>();
+  for (const l of listen) {
+    const key = `${l.host}:${l.port}`;
+    if (l.port !== 0 && seen.has(key)) problems.push(`--listen: ${key} is given twice`);
+    seen.add(key);
+  }
+  if ((config.requestTimeoutMs as number) < (config.upstreamTimeoutMs as number)) {
+    problems.push('--request-timeout must not be shorter than --upstream-timeout');
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { config: Object.freeze(config) as unknown as ServeConfig, help: false };
+}
+
+export function parseEmulator(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<EmulatorConfig> {
+  const { config, help } = parseCommand(EMULATOR_OPTIONS, argv, env);
+  return { config: Object.freeze(config) as unknown as EmulatorConfig, help };
+}
+
+export function parseDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DemoConfig> {
+  const { config, help } = parseCommand(DEMO_OPTIONS, argv, env);
+  return { config: Object.freeze(config) as unknown as DemoConfig, help };
+}
+
+/** Help text for one command, generated from its option table so it cannot drift from the parser. */
+export function helpText(command: string, summary: string, specs: readonly OptionSpec[]): string {
+  const rows = specs.map((s) => {
+    const left = `  --${s.flag} ${s.value}`;
+    const def = s.default !== undefined ? ` (default ${s.default})` : '';
+    return `${left.padEnd(34)}${s.help}${def}\n${''.padEnd(34)}env ${envName(s.flag)}`;
+  });
+  return `Usage: arc-imds-proxy ${command} [options]\n\n${summary}\n\nOptions:\n${rows.join('\n')}\n  --help${''.padEnd(26)}show this help\n`;
+}

@@ -1,0 +1,68 @@
+// `demo`: the real proxy in front of the built-in HIMDS emulator, on free loopback ports, with a private
+// temporary tokens directory. No root, no Arc agent, nothing outside 127.0.0.1.
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { DemoConfig } from './config.js';
+import { HimdsEmulator } from './emulator/himds.js';
+import type { Logger } from './observability/log.js';
+import { startProxy } from './proxy.js';
+import { parseUpstream } from './config.js';
+
+export interface RunningDemo {
+  readonly proxyUrl: string;
+  readonly emulatorUrl: string;
+  readonly instructions: string;
+  close(): Promise<void>;
+}
+
+export async function startDemo(config: DemoConfig, log: Logger): Promise<RunningDemo> {
+  const tokensDir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-demo-'));
+  const loopback = { kind: 'tcp', host: '127.0.0.1', port: 0 } as const;
+  const emulator = await HimdsEmulator.start({ tokensDir }, loopback);
+  const proxy = await startProxy(
+    {
+      listen: [loopback],
+      upstream: parseUpstream(emulator.url),
+      tokensDir,
+      himdsApiVersion: '2020-06-01',
+      upstreamTimeoutMs: 5000,
+      requestTimeoutMs: 15000,
+      logLevel: config.logLevel,
+    },
+    log,
+  ).catch(async (err: unknown) => {
+    await emulator.close();
+    await rm(tokensDir, { recursive: true, force: true });
+    throw err;
+  });
+  const proxyUrl = `http://127.0.0.1:${proxy.addresses[0]!.port}`;
+  const instructions = [
+    '',
+    'arc-imds-proxy demo: the proxy is serving the Azure IMDS contract in front of the built-in HIMDS emulator.',
+    `  proxy (IMDS contract):  ${proxyUrl}`,
+    `  HIMDS emulator:         ${emulator.url}   (key files in ${tokensDir})`,
+    '',
+    'Get a token (the proxy answers the HIMDS key-file challenge for you):',
+    `  curl -s -H 'Metadata: true' '${proxyUrl}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F'`,
+    'Instance metadata, passed through from HIMDS:',
+    `  curl -s -H 'Metadata: true' '${proxyUrl}/metadata/instance/compute?api-version=2021-02-01'`,
+    'Rejected without the Metadata header (what SDK probes rely on):',
+    `  curl -s -i '${proxyUrl}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'`,
+    'Point an Azure SDK at it (JavaScript, Python and .NET honour this variable):',
+    `  export AZURE_POD_IDENTITY_AUTHORITY_HOST=${proxyUrl}`,
+    '',
+    'Press Ctrl-C to stop.',
+    '',
+  ].join('\n');
+  return {
+    proxyUrl,
+    emulatorUrl: emulator.url,
+    instructions,
+    async close() {
+      await proxy.close();
+      await emulator.close();
+      await rm(tokensDir, { recursive: true, force: true });
+    },
+  };
+}

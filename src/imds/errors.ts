@@ -1,0 +1,103 @@
+// Every answer the proxy gives that is not a token or a passthrough body comes from this table. One entry per
+// failure: a stable code, the HTTP status, and the IMDS-shaped JSON body. Nothing else invents error strings.
+//
+// Status choices follow what clients do with them (PROTOCOL.md §2): a 400 is final ("no identity"; Python
+// azure-identity even disables managed identity after one), 404/410/429/5xx are retried with backoff. So
+// anything the operator can fix or that may pass (upstream down, key file unreadable) is a 5xx, never a 400.
+
+export interface ImdsErrorBody {
+  readonly error: string;
+  readonly error_description?: string;
+  readonly 'newest-versions'?: readonly string[];
+}
+
+interface ErrorEntry {
+  readonly status: number;
+  readonly body: ImdsErrorBody;
+  /** Whether the operator-facing detail of a thrown ImdsError may be appended to error_description. */
+  readonly detailed?: boolean;
+}
+
+/** The api-versions real IMDS lists as newest in its api-version error (PROTOCOL.md §2). */
+export const NEWEST_API_VERSIONS = ['2025-04-07', '2024-07-17', '2024-03-15'] as const;
+
+const API_VERSION_MESSAGE =
+  'Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds';
+
+export const ERRORS = {
+  // --- the gate: the IMDS contract -------------------------------------------------------------------------
+  method_not_allowed: { status: 405, body: { error: 'invalid_request', error_description: 'Method not allowed: IMDS answers GET only' } },
+  forwarded_request: { status: 400, body: { error: 'invalid_request', error_description: 'Requests with an X-Forwarded-For header are not accepted' } },
+  request_body: { status: 400, body: { error: 'invalid_request', error_description: 'IMDS requests must not carry a body' } },
+  // Exact body real IMDS sends; SDK probes (DefaultAzureCredential) rely on a fast answer, .NET on its text.
+  metadata_header: { status: 400, body: { error: 'invalid_request', error_description: 'Required metadata header not specified' } },
+  bad_query: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed query string' }, detailed: true },
+  duplicate_parameter: { status: 400, body: { error: 'invalid_request', error_description: 'Duplicate query parameter' }, detailed: true },
+  // Exact body real IMDS sends for the instance endpoints.
+  api_version: { status: 400, body: { error: API_VERSION_MESSAGE, 'newest-versions': NEWEST_API_VERSIONS } },
+  // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
+  token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE } },
+  not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' } },
+
+  // --- the token route -------------------------------------------------------------------------------------
+  resource_missing: { status: 400, body: { error: 'invalid_request', error_description: 'Required query variable \'resource\' is missing' } },
+  selector_conflict: { status: 400, body: { error: 'invalid_request', error_description: 'Only one of client_id, object_id and msi_res_id may be given' } },
+  bad_selector: { status: 400, body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' } },
+  // Same text as IMDS: a 400 that clients treat as "this identity does not exist here".
+  identity_not_found: { status: 400, body: { error: 'invalid_request', error_description: 'Identity not found' } },
+
+  // --- upstream (HIMDS or a relay) -------------------------------------------------------------------------
+  upstream_unavailable: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is unreachable or did not answer in time; retry later' }, detailed: true },
+  upstream_throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' } },
+  upstream_busy: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is starting or busy; retry later' } },
+  upstream_error: { status: 500, body: { error: 'upstream_error', error_description: 'The identity service upstream failed; retry later' }, detailed: true },
+  upstream_rejected: { status: 400, body: { error: 'invalid_request', error_description: 'The identity service upstream rejected the request' }, detailed: true },
+  upstream_bad_response: { status: 502, body: { error: 'upstream_error', error_description: 'The identity service upstream sent an unusable response; retry later' }, detailed: true },
+  challenge_failed: { status: 500, body: { error: 'challenge_failed', error_description: 'Could not answer the HIMDS key-file challenge' }, detailed: true },
+
+  // --- ourselves -------------------------------------------------------------------------------------------
+  internal: { status: 500, body: { error: 'internal_error', error_description: 'Internal error; retry later' } },
+} as const satisfies Record<string, ErrorEntry>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** A failure travelling as a value towards the one place that answers it (server.ts). */
+export class ImdsError extends Error {
+  readonly code: ErrorCode;
+  /** Operator-facing detail, shown to the client only for `detailed` entries. Never holds secrets. */
+  readonly detail: string | undefined;
+  /** Seconds, passed on from an upstream that asked clients to back off. */
+  readonly retryAfter: string | undefined;
+
+  constructor(code: ErrorCode, detail?: string, options?: { retryAfter?: string | undefined; cause?: unknown }) {
+    super(detail ? `${code}: ${detail}` : code, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ImdsError';
+    this.code = code;
+    this.detail = detail;
+    this.retryAfter = options?.retryAfter;
+  }
+}
+
+export interface RenderedError {
+  readonly status: number;
+  readonly body: string;
+  readonly retryAfter: string | undefined;
+}
+
+// Bodies without detail never change: serialise them once.
+const FIXED_BODIES = new Map<ErrorCode, string>(
+  (Object.keys(ERRORS) as ErrorCode[]).map((code) => [code, JSON.stringify(ERRORS[code].body)]),
+);
+
+export function renderError(code: ErrorCode, detail?: string, retryAfter?: string): RenderedError {
+  const entry: ErrorEntry = ERRORS[code];
+  if (detail && entry.detailed) {
+    const body = { ...entry.body, error_description: `${entry.body.error_description}: ${detail}` };
+    return { status: entry.status, body: JSON.stringify(body), retryAfter };
+  }
+  return { status: entry.status, body: FIXED_BODIES.get(code)!, retryAfter };
+}
+
+export function renderImdsError(err: ImdsError): RenderedError {
+  return renderError(err.code, err.detail, err.retryAfter);
+}

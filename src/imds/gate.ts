@@ -1,0 +1,135 @@
+// The IMDS contract (PROTOCOL.md §2), applied to every request before anything else runs. Checks are small
+// functions read top to bottom in the order they are applied; the first one that fails answers the request.
+// Nothing here awaits: a request without Metadata (an SDK probe) is answered before any upstream or cache work.
+import type { IncomingMessage } from 'node:http';
+import { ImdsError } from './errors.js';
+
+export type Route = 'token' | 'instance' | 'identity_info';
+
+export interface GatedRequest {
+  readonly route: Route;
+  /** The normalised path: `/metadata` lower-cased, one trailing slash removed. */
+  readonly path: string;
+  /** Decoded query parameters; names are unique (duplicates are rejected). */
+  readonly query: ReadonlyMap<string, string>;
+}
+
+type Check = (req: IncomingMessage) => ImdsError | undefined;
+
+const CHECKS: readonly Check[] = [
+  // 1. IMDS answers GET only.
+  (req) => (req.method === 'GET' ? undefined : new ImdsError('method_not_allowed')),
+  // 2. IMDS refuses requests that were forwarded by a proxy: a guard against SSRF through HTTP proxies.
+  (req) => (req.headers['x-forwarded-for'] === undefined ? undefined : new ImdsError('forwarded_request')),
+  // 3. No bodies: nothing of the client's is ever forwarded upstream except the query we rebuild.
+  (req) => {
+    const length = req.headers['content-length'];
+    if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) {
+      return new ImdsError('request_body');
+    }
+    return undefined;
+  },
+  // 4. `Metadata: true` blocks browsers and SSRF. Also what SDK probes omit on purpose to get a fast 400.
+  (req) => {
+    const metadata = req.headers.metadata;
+    return typeof metadata === 'string' && metadata.toLowerCase() === 'true' ? undefined : new ImdsError('metadata_header');
+  },
+];
+
+// Routes by normalised path. Sub-paths of /metadata/instance are passed through, so they are restricted to
+// plain segments: no `..`, no encoded characters, nothing an upstream could normalise into another path.
+const EXACT_ROUTES = new Map<string, Route>([
+  ['/metadata/identity/oauth2/token', 'token'],
+  ['/metadata/identity/info', 'identity_info'],
+  ['/metadata/instance', 'instance'],
+]);
+const INSTANCE_SUBPATH = /^\/metadata\/instance(\/[A-Za-z0-9_-]+)+$/;
+
+/** The `/metadata` segment is case-insensitive in IMDS; msal-node appends `/` to the token path. */
+export function normalisePath(rawPath: string): string {
+  let p = rawPath;
+  if (p.length >= 9 && p.charCodeAt(0) === 47 /* / */ && p.slice(0, 9).toLowerCase() === '/metadata' && (p.length === 9 || p[9] === '/')) {
+    p = '/metadata' + p.slice(9);
+  }
+  if (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1);
+  return p;
+}
+
+function route(path: string): Route | undefined {
+  return EXACT_ROUTES.get(path) ?? (INSTANCE_SUBPATH.test(path) ? 'instance' : undefined);
+}
+
+// C0 controls and DEL. Decoded values with these could split headers or logs further down.
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+function decodeComponent(text: string): string {
+  // Form encoding, as IMDS (Go's url.ParseQuery) reads it: '+' is a space.
+  const plus = text.includes('+') ? text.replaceAll('+', ' ') : text;
+  return plus.includes('%') ? decodeURIComponent(plus) : plus;
+}
+
+/**
+ * Parse a raw query string strictly: bad percent-encoding, invalid UTF-8 after decoding, control characters
+ * and repeated names are all errors (IMDS rejects duplicates; an attacker could otherwise smuggle a second
+ * `resource` past one layer and have another read the other one).
+ */
+export function parseQuery(raw: string): Map<string, string> | ImdsError {
+  const query = new Map<string, string>();
+  if (raw === '') return query;
+  for (const pair of raw.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    let name: string;
+    let value: string;
+    try {
+      name = decodeComponent(eq === -1 ? pair : pair.slice(0, eq));
+      value = eq === -1 ? '' : decodeComponent(pair.slice(eq + 1));
+    } catch {
+      return new ImdsError('bad_query', 'bad percent-encoding or invalid UTF-8');
+    }
+    if (name === '') return new ImdsError('bad_query', 'empty parameter name');
+    if (CONTROL.test(name) || CONTROL.test(value)) return new ImdsError('bad_query', 'control characters are not allowed');
+    if (query.has(name)) return new ImdsError('duplicate_parameter', safeName(name));
+    query.set(name, value);
+  }
+  return query;
+}
+
+// Parameter names are client input; echo back only a short, plain form of them.
+function safeName(name: string): string {
+  return /^[A-Za-z0-9_.-]{1,64}$/.test(name) ? name : '(unprintable name)';
+}
+
+const API_VERSION = /^(\d{4})-(\d{2})-(\d{2})$/;
+/** The oldest api-version IMDS serves identity tokens for, and what every SDK sends. */
+export const OLDEST_API_VERSION = '2018-02-01';
+
+/** A well-formed YYYY-MM-DD date no earlier than 2018-02-01. */
+export function isAcceptedApiVersion(v: string | undefined): boolean {
+  if (v === undefined) return false;
+  const m = API_VERSION.exec(v);
+  if (!m) return false;
+  const month = Number(m[2]);
+  const day = Number(m[3]);
+  return month >= 1 && month <= 12 && day >= 1 && day <= 31 && v >= OLDEST_API_VERSION;
+}
+
+/** Apply the IMDS contract. Returns the routed request, or the error to answer with. */
+export function gate(req: IncomingMessage): GatedRequest | ImdsError {
+  for (const check of CHECKS) {
+    const failure = check(req);
+    if (failure) return failure;
+  }
+  const url = req.url ?? '';
+  const q = url.indexOf('?');
+  const path = normalisePath(q === -1 ? url : url.slice(0, q));
+  const which = route(path);
+  if (which === undefined) return new ImdsError('not_found');
+  const query = parseQuery(q === -1 ? '' : url.slice(q + 1));
+  if (query instanceof ImdsError) return query;
+  if (!isAcceptedApiVersion(query.get('api-version'))) {
+    return new ImdsError(which === 'token' ? 'token_api_version' : 'api_version');
+  }
+  return { route: which, path, query };
+}

@@ -1,0 +1,35 @@
+// GET /metadata/identity/oauth2/token: read the selector, get a token (from the token source: the upstream
+// today, the cache in front of it later), and answer in the IMDS shape.
+import { ImdsError } from './errors.js';
+import type { GatedRequest } from './gate.js';
+import type { Selector, Token, TokenRequest } from '../tokens/token.js';
+
+/** Where tokens come from. The upstream fetcher implements it; the token cache will wrap it. */
+export interface TokenSource {
+  getToken(request: TokenRequest, signal: AbortSignal): Promise<Token>;
+}
+
+const SELECTOR_PARAMS = ['client_id', 'object_id', 'msi_res_id', 'mi_res_id'] as const;
+const MAX_RESOURCE_LENGTH = 2048;
+const MAX_SELECTOR_LENGTH = 1024;
+
+/** The token request a gated request asks for, or the 400 explaining why it is not one. */
+export function tokenRequestOf(gated: GatedRequest): TokenRequest | ImdsError {
+  const resource = gated.query.get('resource');
+  if (resource === undefined || resource === '') return new ImdsError('resource_missing');
+  if (resource.length > MAX_RESOURCE_LENGTH) return new ImdsError('bad_query', `resource longer than ${MAX_RESOURCE_LENGTH} characters`);
+
+  let selector: Selector | undefined;
+  for (const name of SELECTOR_PARAMS) {
+    const value = gated.query.get(name);
+    // An empty selector is no selector: the system-assigned identity, as IMDS reads it.
+    if (value === undefined || value === '') continue;
+    if (selector) return new ImdsError('selector_conflict');
+    if (value.length > MAX_SELECTOR_LENGTH) return new ImdsError('bad_selector');
+    // Older msal-node sent mi_res_id; HIMDS ignores that spelling and would hand out the machine identity.
+    selector = { kind: name === 'mi_res_id' ? 'msi_res_id' : name, value };
+  }
+  const forceRefresh =
+    gated.query.get('bypass_cache')?.toLowerCase() === 'true' || (gated.query.get('token_sha256_to_refresh') ?? '') !== '';
+  return { resource, selector, forceRefresh };
+}

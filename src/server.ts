@@ -1,0 +1,208 @@
+// The IMDS listener: node:http servers (one per --listen address) sharing one request handler.
+//
+// The flow for a request is as follows:
+//   1. the gate applies the IMDS contract (method, X-Forwarded-For, body, Metadata, path, query,
+//      api-version) and answers failures at once: an SDK probe never waits on anything;
+//   2. the route table picks the handler for the normalised path (anything else was a 404 in the gate);
+//   3. token: the selector is read, the token source gives a token (single-flight and cache: later, in front of
+//      the upstream fetch, which answers the key-file challenge), and the IMDS-shaped body is sent;
+//   4. metadata passthrough: the allowlisted path is streamed from the upstream;
+//   5. any failure is an ImdsError from the one table in imds/errors.ts, answered by respondError; anything
+//      else thrown is a 500 and a log line.
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { ListenAddress, ServeConfig } from './config.js';
+import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
+import { gate, type GatedRequest } from './imds/gate.js';
+import { passThrough } from './imds/passthrough.js';
+import { tokenRequestOf, type TokenSource } from './imds/token-route.js';
+import type { Logger } from './observability/log.js';
+import { renderTokenResponse } from './tokens/token.js';
+import type { UpstreamClient } from './upstream/client.js';
+
+export interface ProxyDeps {
+  readonly config: Pick<ServeConfig, 'himdsApiVersion' | 'requestTimeoutMs'>;
+  readonly log: Logger;
+  readonly tokens: TokenSource;
+  readonly upstream: UpstreamClient;
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+function respond(res: ServerResponse, status: number, body: string, retryAfter?: string): void {
+  const headers: Record<string, string | number> = {
+    'Content-Type': JSON_TYPE,
+    'Content-Length': Buffer.byteLength(body),
+  };
+  if (retryAfter !== undefined) headers['Retry-After'] = retryAfter;
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+function respondError(res: ServerResponse, rendered: RenderedError, closeConnection = false): void {
+  if (closeConnection) res.shouldKeepAlive = false;
+  respond(res, rendered.status, rendered.body, rendered.retryAfter);
+}
+
+export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const { log, tokens, upstream, config } = deps;
+
+  async function token(gated: GatedRequest, res: ServerResponse): Promise<number> {
+    const request = tokenRequestOf(gated);
+    if (request instanceof ImdsError) throw request;
+    const started = performance.now();
+    const signal = AbortSignal.timeout(config.requestTimeoutMs);
+    const got = await tokens.getToken(request, signal);
+    log.info(
+      { resource: request.resource, selector: request.selector?.kind ?? 'system', ms: Math.round(performance.now() - started) },
+      'token fetched from upstream',
+    );
+    respond(res, 200, renderTokenResponse(got, request.resource, Date.now() / 1000));
+    return 200;
+  }
+
+  async function metadata(gated: GatedRequest, res: ServerResponse): Promise<number> {
+    return passThrough(gated, res, upstream, config.himdsApiVersion, AbortSignal.timeout(config.requestTimeoutMs));
+  }
+
+  const ROUTES = { token, instance: metadata, identity_info: metadata } as const;
+
+  return function handle(req, res) {
+    const gated = gate(req);
+    if (gated instanceof ImdsError) {
+      // A request that carried a body is not read: close the connection rather than parse what follows it.
+      respondError(res, renderImdsError(gated), gated.code === 'request_body');
+      log.debug({ method: req.method, url: req.url, status: renderImdsError(gated).status, code: gated.code }, 'rejected');
+      return;
+    }
+    ROUTES[gated.route](gated, res).then(
+      (status) => log.debug({ url: req.url, status }, 'served'),
+      (err: unknown) => {
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        if (err instanceof ImdsError) {
+          log.warn({ url: req.url, code: err.code, detail: err.detail }, 'request failed');
+          respondError(res, renderImdsError(err));
+        } else {
+          log.error({ url: req.url, err }, 'unexpected error');
+          respondError(res, renderError('internal'));
+        }
+      },
+    );
+  };
+}
+
+/** Malformed HTTP never reaches the handler; answer it in the IMDS shape too, then close. */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable || (err.code === 'ECONNRESET')) {
+    socket.destroy();
+    return;
+  }
+  const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const body = JSON.stringify({ error: 'invalid_request', error_description: 'Malformed HTTP request' });
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${JSON_TYPE}\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Why a listener could not start, and what to do about it. `config` marks problems in the configuration. */
+export class ListenError extends Error {
+  readonly config: boolean;
+  constructor(message: string, config: boolean) {
+    super(message);
+    this.name = 'ListenError';
+    this.config = config;
+  }
+}
+
+export function describeAddress(address: ListenAddress): string {
+  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+function listenError(err: NodeJS.ErrnoException, address: ListenAddress): ListenError {
+  const where = describeAddress(address);
+  switch (err.code) {
+    case 'EADDRNOTAVAIL':
+      return new ListenError(
+        `cannot listen on ${where}: ${address.host} is not an address of this host (network namespace). ` +
+          `Add it to the loopback first, e.g. 'ip addr add ${address.host}/32 dev lo' (needs NET_ADMIN)`,
+        true,
+      );
+    case 'EACCES':
+      return new ListenError(
+        `cannot listen on ${where}: permission denied. Ports below 1024 need root, CAP_NET_BIND_SERVICE, ` +
+          `or sysctl net.ipv4.ip_unprivileged_port_start=0 in this network namespace`,
+        true,
+      );
+    case 'EADDRINUSE':
+      return new ListenError(`cannot listen on ${where}: the address is already in use by another process`, false);
+    default:
+      return new ListenError(`cannot listen on ${where}: ${err.message}`, false);
+  }
+}
+
+export async function listen(server: http.Server, address: ListenAddress): Promise<ListenAddress> {
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => reject(listenError(err, address));
+    server.once('error', onError);
+    server.listen({ host: address.host, port: address.port, exclusive: true }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  const bound = server.address();
+  return typeof bound === 'object' && bound !== null ? { kind: 'tcp', host: address.host, port: bound.port } : address;
+}
+
+export function createImdsServer(handler: http.RequestListener): http.Server {
+  const server = http.createServer(
+    {
+      // Slow senders cannot hold a connection open forever; our own answer comes within --request-timeout.
+      headersTimeout: 10_000,
+      requestTimeout: 30_000,
+      keepAliveTimeout: 5_000,
+      maxHeaderSize: 16 * 1024,
+    },
+    handler,
+  );
+  server.maxHeadersCount = 100;
+  server.on('clientError', onClientError);
+  return server;
+}
+
+export interface RunningServers {
+  readonly addresses: readonly ListenAddress[];
+  close(): Promise<void>;
+}
+
+/** Start one server per address; if any fails, close the ones already started and throw its ListenError. */
+export async function listenAll(handler: http.RequestListener, addresses: readonly ListenAddress[]): Promise<RunningServers> {
+  const servers: http.Server[] = [];
+  const bound: ListenAddress[] = [];
+  const close = async () => {
+    await Promise.all(
+      servers.map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            s.close(() => resolve());
+            s.closeIdleConnections();
+          }),
+      ),
+    );
+  };
+  try {
+    for (const address of addresses) {
+      const server = createImdsServer(handler);
+      servers.push(server);
+      bound.push(await listen(server, address));
+    }
+  } catch (err) {
+    servers.pop();
+    await close();
+    throw err;
+  }
+  return { addresses: bound, close };
+}

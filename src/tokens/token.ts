@@ -1,0 +1,64 @@
+// The token domain shared by the route, the upstream fetch and (later) the cache: what is asked for, what
+// comes back, and how it is shown to IMDS clients.
+
+/** A user-assigned identity selector. `mi_res_id` (old msal-node) arrives here as `msi_res_id`. */
+export interface Selector {
+  readonly kind: 'client_id' | 'object_id' | 'msi_res_id';
+  readonly value: string;
+}
+
+export interface TokenRequest {
+  /** The resource exactly as the client sent it, after query decoding. Echoed back verbatim. */
+  readonly resource: string;
+  /** Absent: the system-assigned identity. */
+  readonly selector: Selector | undefined;
+  /** `bypass_cache=true` or `token_sha256_to_refresh`: the client wants a fresh token. */
+  readonly forceRefresh: boolean;
+}
+
+export interface Token {
+  readonly accessToken: string;
+  /** Unix seconds. The only expiry that matters: nothing is served past it. */
+  readonly expiresOn: number;
+  readonly notBefore: string;
+  readonly tokenType: string;
+  /** From the JWT's appid/azp claim, else the upstream's echo, else "". */
+  readonly clientId: string;
+  /** Pre-rendered JSON up to expires_in, so serving a token is string concatenation. */
+  readonly head: string;
+}
+
+export function makeToken(fields: Omit<Token, 'head'>): Token {
+  // Field order as real IMDS sends it.
+  const head = `{"access_token":${JSON.stringify(fields.accessToken)},"client_id":${JSON.stringify(fields.clientId)},"expires_in":"`;
+  return Object.freeze({ ...fields, head });
+}
+
+/**
+ * The IMDS token response. `expires_in` is recomputed now (MSAL Python reads only it; msal-node reads only
+ * `expires_on`); `resource` echoes the request verbatim (clients cache under it; Python crashes without it).
+ */
+export function renderTokenResponse(token: Token, resource: string, nowSeconds: number): string {
+  const expiresIn = Math.max(0, token.expiresOn - Math.floor(nowSeconds));
+  return (
+    `${token.head}${expiresIn}","expires_on":"${token.expiresOn}","ext_expires_in":"${expiresIn}",` +
+    `"not_before":${JSON.stringify(token.notBefore)},"resource":${JSON.stringify(resource)},` +
+    `"token_type":${JSON.stringify(token.tokenType)}}`
+  );
+}
+
+/** The appid (v1) or azp (v2) claim of a JWT access token, or "" when it is not a readable JWT. */
+export function clientIdFromJwt(accessToken: string): string {
+  const parts = accessToken.split('.');
+  if (parts.length !== 3 || parts[1] === undefined || parts[1].length > 16384) return '';
+  try {
+    const claims: unknown = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+    if (typeof claims !== 'object' || claims === null) return '';
+    const { appid, azp } = claims as { appid?: unknown; azp?: unknown };
+    if (typeof appid === 'string') return appid;
+    if (typeof azp === 'string') return azp;
+  } catch {
+    // not a JWT: an opaque token is fine, it just has no client id to show
+  }
+  return '';
+}

@@ -1,0 +1,115 @@
+// The one way anything reaches the upstream (HIMDS, or a relay): an undici Pool with per-attempt deadlines
+// (AbortSignal.timeout: undici's own timeouts are too coarse), bounded body reads, and failures classified into
+// ImdsErrors. Bodies are always consumed or dumped so pooled connections are reused, never leaked.
+import { Pool, errors as undiciErrors } from 'undici';
+import type { Dispatcher } from 'undici';
+import type { UpstreamAddress } from '../config.js';
+import { ImdsError } from '../imds/errors.js';
+
+/** Token and error bodies are small; anything bigger is not HIMDS talking. */
+export const MAX_UPSTREAM_BODY = 64 * 1024;
+
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  readonly body: string;
+}
+
+export interface UpstreamClientOptions {
+  readonly attemptTimeoutMs: number;
+  /** Concurrent upstream connections; more requests queue in the pool. */
+  readonly connections: number;
+}
+
+export class UpstreamClient {
+  readonly address: UpstreamAddress;
+  readonly #pool: Pool;
+  readonly #attemptTimeoutMs: number;
+
+  constructor(address: UpstreamAddress, options: UpstreamClientOptions) {
+    this.address = address;
+    this.#attemptTimeoutMs = options.attemptTimeoutMs;
+    this.#pool = new Pool(address.origin, {
+      connections: options.connections,
+      // Fail a dead upstream fast; the attempt deadline still bounds everything else.
+      connect: { timeout: Math.min(options.attemptTimeoutMs, 5000) },
+      keepAliveTimeout: 4000,
+    });
+  }
+
+  /** A human description for operator messages. */
+  get describe(): string {
+    return this.address.origin;
+  }
+
+  /** One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. */
+  async get(path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+    const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+    } catch (err) {
+      throw this.#classify(err, attempt);
+    }
+    try {
+      return { status: response.statusCode, headers: response.headers, body: await readBounded(response.body) };
+    } catch (err) {
+      response.body.destroy();
+      if (err instanceof ImdsError) throw err;
+      throw this.#classify(err, attempt);
+    }
+  }
+
+  /** One GET whose body the caller streams (metadata passthrough). The caller must consume or destroy it. */
+  async open(path: string, headers: Record<string, string>, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+    const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
+    try {
+      return await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+    } catch (err) {
+      throw this.#classify(err, attempt);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#pool.close();
+  }
+
+  /** Turn what undici or the deadline threw into the IMDS error a client should see. */
+  #classify(err: unknown, attempt: AbortSignal): ImdsError {
+    if (err instanceof ImdsError) return err;
+    if (attempt.aborted) {
+      return new ImdsError('upstream_unavailable', `no answer from ${this.describe} in time`, { cause: err });
+    }
+    const code = (err as { code?: string }).code;
+    if (code === 'ECONNREFUSED') return new ImdsError('upstream_unavailable', `connection refused by ${this.describe}`, { cause: err });
+    if (err instanceof undiciErrors.ConnectTimeoutError) {
+      return new ImdsError('upstream_unavailable', `could not connect to ${this.describe} in time`, { cause: err });
+    }
+    if (err instanceof undiciErrors.SocketError || code === 'ECONNRESET' || code === 'EPIPE') {
+      return new ImdsError('upstream_unavailable', `connection to ${this.describe} was reset`, { cause: err });
+    }
+    if (err instanceof undiciErrors.UndiciError) {
+      return new ImdsError('upstream_bad_response', `${this.describe}: ${err.message}`, { cause: err });
+    }
+    return new ImdsError('upstream_unavailable', `${this.describe}: ${code ?? (err as Error).message}`, { cause: err });
+  }
+}
+
+async function readBounded(body: Dispatcher.ResponseData['body']): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_UPSTREAM_BODY) {
+      throw new ImdsError('upstream_bad_response', `response body larger than ${MAX_UPSTREAM_BODY} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size).toString('utf8');
+}
+
+/** First value of a response header, whatever its casing upstream (undici lower-cases names). */
+export function headerValue(headers: UpstreamResponse['headers'], name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}

@@ -1,0 +1,156 @@
+// Getting one token from the upstream: ask, answer the key-file challenge if there is one, validate what comes
+// back. A relay upstream answers 200 straight away; HIMDS answers 401 first. Whole attempts are retried a few
+// times on connection failures and 503 (HIMDS answers 503 for a while after boot), always within the caller's
+// overall deadline. A new attempt starts from the first leg again: a key is single-use.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { ImdsError } from '../imds/errors.js';
+import type { TokenSource } from '../imds/token-route.js';
+import { clientIdFromJwt, makeToken, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
+import { parseRealm, readKeyFile } from './challenge.js';
+import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
+
+export const TOKEN_PATH = '/metadata/identity/oauth2/token';
+/** Whole attempts, and the pause before each retry (ms, plus up to 50% jitter). */
+const RETRY_PAUSES_MS = [100, 400] as const;
+
+export interface TokenFetchOptions {
+  readonly tokensDir: string;
+  readonly apiVersion: string;
+}
+
+export class TokenFetcher implements TokenSource {
+  readonly #client: UpstreamClient;
+  readonly #options: TokenFetchOptions;
+  readonly #log: Logger;
+
+  constructor(client: UpstreamClient, options: TokenFetchOptions, log: Logger) {
+    this.#client = client;
+    this.#options = options;
+    this.#log = log;
+  }
+
+  /** A token for the request, or an ImdsError saying what the client should see. */
+  async getToken(request: TokenRequest, signal: AbortSignal): Promise<Token> {
+    const path = this.#path(request);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#attempt(path, request, signal);
+      } catch (err) {
+        const pause = RETRY_PAUSES_MS[attempt];
+        if (!(err instanceof ImdsError) || !isRetryable(err) || pause === undefined || signal.aborted) throw err;
+        this.#log.warn({ err: err.message, attempt: attempt + 1 }, 'upstream token attempt failed; retrying');
+        await sleep(pause * (1 + Math.random() / 2), undefined, { signal }).catch(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  async #attempt(path: string, request: TokenRequest, signal: AbortSignal): Promise<Token> {
+    const headers: Record<string, string> = { Metadata: 'true' };
+    let response = await this.#client.get(path, headers, signal);
+    if (response.status === 401) {
+      const realm = parseRealm(response.headers['www-authenticate']);
+      const key = await readKeyFile(realm, this.#options.tokensDir);
+      response = await this.#client.get(path, { ...headers, Authorization: `Basic ${key}` }, signal);
+      if (response.status === 401) {
+        throw new ImdsError('challenge_failed', 'HIMDS rejected the key from its own challenge');
+      }
+    }
+    if (response.status !== 200) throw upstreamFailure(response);
+    return parseToken(response.body, request.selector, Date.now() / 1000);
+  }
+
+  /** The upstream request: HIMDS's api-version, the resource, the selector; nothing else of the client's. */
+  #path(request: TokenRequest): string {
+    let path = `${TOKEN_PATH}?api-version=${encodeURIComponent(this.#options.apiVersion)}&resource=${encodeURIComponent(request.resource)}`;
+    if (request.selector) path += `&${request.selector.kind}=${encodeURIComponent(request.selector.value)}`;
+    return path;
+  }
+}
+
+function isRetryable(err: ImdsError): boolean {
+  return err.code === 'upstream_unavailable' || err.code === 'upstream_busy';
+}
+
+/** Upstream non-200 answers, mapped to what IMDS clients retry (or not) correctly. */
+export function upstreamFailure(response: UpstreamResponse): ImdsError {
+  const retryAfter = headerValue(response.headers, 'retry-after');
+  const body = parseJsonObject(response.body);
+  const error = typeof body?.error === 'string' ? body.error : undefined;
+  const description = typeof body?.error_description === 'string' ? body.error_description : undefined;
+  switch (true) {
+    case response.status === 429:
+      return new ImdsError('upstream_throttled', undefined, { retryAfter });
+    case response.status === 503:
+      return new ImdsError('upstream_busy', undefined, { retryAfter });
+    // HIMDS (UAMI-aware) for an unknown user-assigned identity; a relay passes on IMDS's own wording.
+    case error === 'identity_not_found' || (response.status === 400 && description === 'Identity not found'):
+      return new ImdsError('identity_not_found');
+    case response.status === 400:
+      return new ImdsError('upstream_rejected', shortText(description ?? error ?? 'no reason given'));
+    case response.status >= 500:
+      return new ImdsError('upstream_error', `${response.status}${description ? `: ${shortText(description)}` : ''}`);
+    default:
+      return new ImdsError('upstream_bad_response', `unexpected status ${response.status}`);
+  }
+}
+
+function parseJsonObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// Upstream text shown to clients: one line, bounded, printable.
+function shortText(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  const flat = text.replace(/[\u0000-\u001f\u007f]+/g, ' ');
+  return flat.length > 300 ? `${flat.slice(0, 300)}…` : flat;
+}
+
+function asSeconds(value: unknown): number | undefined {
+  if (typeof value === 'number' && Number.isInteger(value)) return value;
+  if (typeof value === 'string' && /^\d{1,12}$/.test(value)) return Number(value);
+  return undefined;
+}
+
+/**
+ * Validate an upstream 200 body into a Token. HIMDS sends every value as a string and `resource` empty; a relay
+ * sends the IMDS shape. A user-assigned request is accepted only if the upstream echoes that identity: legacy
+ * agents ignore the selector and return the machine's identity, and we fail closed as MSAL does.
+ */
+export function parseToken(text: string, selector: Selector | undefined, nowSeconds: number): Token {
+  const body = parseJsonObject(text);
+  if (!body) throw new ImdsError('upstream_bad_response', 'token response is not a JSON object');
+  const accessToken = body.access_token;
+  if (typeof accessToken !== 'string' || accessToken === '') {
+    throw new ImdsError('upstream_bad_response', 'token response has no access_token');
+  }
+  let expiresOn = asSeconds(body.expires_on);
+  if (expiresOn === undefined) {
+    const expiresIn = asSeconds(body.expires_in);
+    if (expiresIn !== undefined) expiresOn = Math.floor(nowSeconds) + expiresIn;
+  }
+  if (expiresOn === undefined) throw new ImdsError('upstream_bad_response', 'token response has no usable expires_on or expires_in');
+  if (expiresOn <= nowSeconds) throw new ImdsError('upstream_bad_response', 'token response is already expired');
+
+  if (selector) {
+    const echoed = body[selector.kind] ?? (selector.kind === 'msi_res_id' ? body.mi_res_id : undefined);
+    if (typeof echoed !== 'string' || echoed.toLowerCase() !== selector.value.toLowerCase()) {
+      throw new ImdsError('identity_not_found');
+    }
+  }
+  const echoedClientId = typeof body.client_id === 'string' ? body.client_id : '';
+  return makeToken({
+    accessToken,
+    expiresOn,
+    notBefore: typeof body.not_before === 'string' ? body.not_before : String(asSeconds(body.not_before) ?? ''),
+    tokenType: typeof body.token_type === 'string' && body.token_type !== '' ? body.token_type : 'Bearer',
+    clientId: clientIdFromJwt(accessToken) || echoedClientId,
+  });
+}
