@@ -127,8 +127,10 @@ function listenError(err: NodeJS.ErrnoException, address: ListenAddress): Listen
   switch (err.code) {
     case 'EADDRNOTAVAIL':
       return new ListenError(
-        `cannot listen on ${where}: ${address.host} is not an address of this host (network namespace). ` +
-          `Add it to the loopback first, e.g. 'ip addr add ${address.host}/32 dev lo' (needs NET_ADMIN)`,
+        `cannot listen on ${where}: ${address.host} is not an address in this network namespace. ` +
+          `Add it to the loopback of the application's network namespace first: 'ip addr add ${address.host}/32 dev lo' ` +
+          `(needs NET_ADMIN)` +
+          (address.host === '169.254.169.254' ? ' — never in the host network namespace, where it breaks Arc agent onboarding' : ''),
         true,
       );
     case 'EACCES':
