@@ -67,30 +67,35 @@ async function main(argv: string[]): Promise<void> {
   const command = COMMANDS[name];
   if (!command) fail(`unknown command '${name}' (try --help)`, 2);
 
+  // Signal handlers first: a supervisor may signal the moment it sees the 'listening' line.
   let running: Running | undefined;
+  let stopping: NodeJS.Signals | undefined;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = signal;
+    if (running) close(running, signal);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+
   try {
     running = await command(named ? argv.slice(1) : argv);
   } catch (err) {
     if (err instanceof ConfigError) fail(err.message, 2);
     if (err instanceof ListenError) fail(err.message, err.config ? 2 : 1);
-    if ((err as NodeJS.ErrnoException).code === 'EACCES' || (err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      fail((err as Error).message, 1);
-    }
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EADDRINUSE') fail((err as Error).message, 1);
     throw err;
   }
   if (!running) return;
-  const app = running;
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
-    stopping = true;
-    app.close().then(
-      () => process.exit(0),
-      (err: unknown) => fail(`error while stopping on ${signal}: ${(err as Error).message}`, 1),
-    );
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  if (stopping) close(running, stopping);
+}
+
+function close(app: Running, signal: NodeJS.Signals): void {
+  app.close().then(
+    () => process.exit(0),
+    (err: unknown) => fail(`error while stopping on ${signal}: ${(err as Error).message}`, 1),
+  );
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => fail(`fatal: ${(err as Error).stack ?? String(err)}`, 1));

@@ -62,7 +62,7 @@ export class ConfigError extends Error {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Value parsers: each returns the value or throws a one-line message (collected by parseCommand).
+// Value parsers: each returns the value or throws a one-line message (collected by parseOptions).
 // ---------------------------------------------------------------------------------------------------------
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -225,33 +225,35 @@ export interface Parsed<T> {
 
 /**
  * Parse argv for one command against its option table. Precedence: flag, then ARC_IMDS_* variable, then the
- * default. Throws ConfigError listing every problem.
+ * default. Returns the values and every problem found (the caller adds its own checks, then throws them all).
  */
-export function parseCommand(
+function parseOptions(
   specs: readonly OptionSpec[],
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
-): Parsed<Record<string, unknown>> {
+): { config: Record<string, unknown>; problems: string[]; help: boolean } {
   const problems: string[] = [];
+  // Every flag is collected as a list, so a single-value flag given twice is caught instead of silently
+  // taking the last one.
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' } };
-  for (const s of specs) options[s.flag] = { type: 'string', ...(s.multiple ? { multiple: true } : {}) };
+  for (const s of specs) options[s.flag] = { type: 'string', multiple: true };
 
   let values: Record<string, unknown>;
   try {
     ({ values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }));
   } catch (err) {
-    throw new ConfigError([(err as Error).message.replace(/\. To specify.*$/s, '')]);
+    return { config: {}, problems: [(err as Error).message.replace(/\. To specify.*$/s, '')], help: false };
   }
-  if (values.help === true) return { config: {}, help: true };
+  if (values.help === true) return { config: {}, problems, help: true };
 
   const config: Record<string, unknown> = {};
   for (const s of specs) {
-    const fromFlag = values[s.flag] as string | string[] | undefined;
+    const fromFlag = values[s.flag] as string[] | undefined;
     const fromEnv = env[envName(s.flag)];
     let texts: string[] | undefined;
     let source: string;
     if (fromFlag !== undefined) {
-      texts = Array.isArray(fromFlag) ? fromFlag : [fromFlag];
+      texts = fromFlag;
       source = `--${s.flag}`;
     } else if (fromEnv !== undefined && fromEnv !== '') {
       texts = s.multiple ? fromEnv.split(',').map((x) => x.trim()).filter((x) => x !== '') : [fromEnv];
@@ -261,8 +263,12 @@ export function parseCommand(
       source = `--${s.flag} default`;
     }
     if (texts === undefined) continue;
+    if (texts.length === 0) {
+      problems.push(`${source}: no value given`);
+      continue;
+    }
     if (!s.multiple && texts.length > 1) {
-      problems.push(`--${s.flag}: given ${texts.length} times; it takes one value`);
+      problems.push(`${source}: given ${texts.length} times; it takes one value`);
       continue;
     }
     const parsed: unknown[] = [];
@@ -275,15 +281,18 @@ export function parseCommand(
     }
     config[s.key] = s.multiple ? parsed : parsed[0];
   }
-  if (problems.length > 0) throw new ConfigError(problems);
-  return { config, help: false };
+  return { config, problems, help: false };
+}
+
+function finish<T>(config: Record<string, unknown>, problems: readonly string[], help: boolean): Parsed<T> {
+  if (!help && problems.length > 0) throw new ConfigError(problems);
+  return { config: Object.freeze(config) as T, help };
 }
 
 export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<ServeConfig> {
-  const { config, help } = parseCommand(SERVE_OPTIONS, argv, env);
-  if (help) return { config: config as unknown as ServeConfig, help };
-  const problems: string[] = [];
-  if (config.upstream === undefined) {
+  const { config, problems, help } = parseOptions(SERVE_OPTIONS, argv, env);
+  if (help) return finish(config, problems, help);
+  if (config.upstream === undefined && !problems.some((p) => p.startsWith('--upstream') || p.startsWith(envName('upstream')))) {
     // Not an ARC_IMDS_ variable: the one the Arc agent itself sets for its services.
     const imdsEndpoint = env.IMDS_ENDPOINT;
     try {
@@ -292,28 +301,28 @@ export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Par
       problems.push(`IMDS_ENDPOINT: ${(err as Error).message}`);
     }
   }
-  const listen = config.listen as ListenAddress[];
   const seen = new Set<string>();
-  for (const l of listen) {
+  for (const l of (config.listen as ListenAddress[] | undefined) ?? []) {
     const key = `${l.host}:${l.port}`;
     if (l.port !== 0 && seen.has(key)) problems.push(`--listen: ${key} is given twice`);
     seen.add(key);
   }
-  if ((config.requestTimeoutMs as number) < (config.upstreamTimeoutMs as number)) {
+  const request = config.requestTimeoutMs as number | undefined;
+  const attempt = config.upstreamTimeoutMs as number | undefined;
+  if (request !== undefined && attempt !== undefined && request < attempt) {
     problems.push('--request-timeout must not be shorter than --upstream-timeout');
   }
-  if (problems.length > 0) throw new ConfigError(problems);
-  return { config: Object.freeze(config) as unknown as ServeConfig, help: false };
+  return finish(config, problems, help);
 }
 
 export function parseEmulator(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<EmulatorConfig> {
-  const { config, help } = parseCommand(EMULATOR_OPTIONS, argv, env);
-  return { config: Object.freeze(config) as unknown as EmulatorConfig, help };
+  const { config, problems, help } = parseOptions(EMULATOR_OPTIONS, argv, env);
+  return finish(config, problems, help);
 }
 
 export function parseDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DemoConfig> {
-  const { config, help } = parseCommand(DEMO_OPTIONS, argv, env);
-  return { config: Object.freeze(config) as unknown as DemoConfig, help };
+  const { config, problems, help } = parseOptions(DEMO_OPTIONS, argv, env);
+  return finish(config, problems, help);
 }
 
 /** Help text for one command, generated from its option table so it cannot drift from the parser. */

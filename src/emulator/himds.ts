@@ -5,7 +5,7 @@
 //
 // Fault switches: latency, failing the next N requests, 503 during start-up, and going down (in process).
 // GET /__emulator/stats reports counters; POST /__emulator/faults (JSON) changes switches at run time.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
@@ -65,6 +65,43 @@ export const HIMDS_API_VERSIONS = ['2019-08-15', '2019-11-01', '2020-06-01'];
 const TENANT_ID = '72f988bf-86f1-41af-91ab-2d7cd011db47';
 const SELECTORS = ['client_id', 'object_id', 'msi_res_id'] as const;
 
+const COMPUTE = {
+  location: 'westeurope',
+  name: 'arc-emulated-host',
+  resourceGroupName: 'arc-emulator-rg',
+  resourceId:
+    '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/arc-emulator-rg/providers/Microsoft.HybridCompute/machines/arc-emulated-host',
+  subscriptionId: '00000000-0000-0000-0000-000000000000',
+  tags: 'environment:emulator',
+  vmId: '11111111-2222-3333-4444-555555555555',
+  osType: 'Linux',
+} as const;
+
+interface Identity {
+  readonly clientId: string;
+  readonly objectId: string;
+  readonly resourceId: string;
+}
+
+/** A GUID derived from a string, so one user-assigned identity looks the same on every request. */
+function derivedGuid(seed: string): string {
+  const h = createHash('sha256').update(seed).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** The whole identity a selector names: the named part as given, the other two derived from it. */
+function userAssignedIdentity(kind: (typeof SELECTORS)[number], id: string): Identity {
+  const name = derivedGuid(`${kind}:${id}`).slice(0, 8);
+  return {
+    clientId: kind === 'client_id' ? id : derivedGuid(`client:${kind}:${id}`),
+    objectId: kind === 'object_id' ? id : derivedGuid(`object:${kind}:${id}`),
+    resourceId:
+      kind === 'msi_res_id'
+        ? id
+        : `/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/arc-emulator-rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-${name}`,
+  };
+}
+
 function base64url(value: unknown): string {
   return Buffer.from(JSON.stringify(value)).toString('base64url');
 }
@@ -88,8 +125,7 @@ export class HimdsEmulator {
   readonly #server: http.Server;
   readonly #startedAt = Date.now();
   /** The machine's system-assigned identity. */
-  readonly #systemClientId = randomUUID();
-  readonly #systemObjectId = randomUUID();
+  readonly #systemIdentity: Identity = { clientId: randomUUID(), objectId: randomUUID(), resourceId: COMPUTE.resourceId };
   #address: ListenAddress | undefined;
 
   private constructor(options: EmulatorOptions) {
@@ -189,10 +225,10 @@ export class HimdsEmulator {
         return this.#token(url, req, res);
       case '/metadata/instance':
         this.#stats.metadataRequests++;
-        return send(res, 200, { compute: this.#compute(), network: { interface: [] } });
+        return send(res, 200, { compute: COMPUTE, network: { interface: [] } });
       case '/metadata/instance/compute':
         this.#stats.metadataRequests++;
-        return send(res, 200, this.#compute());
+        return send(res, 200, COMPUTE);
       case '/metadata/identity/info':
         this.#stats.metadataRequests++;
         return send(res, 200, { tenantId: TENANT_ID });
@@ -232,6 +268,7 @@ export class HimdsEmulator {
     }
     const echo = selector !== undefined && this.faults.userAssigned === 'echo';
     const id = echo ? url.searchParams.get(selector!)! : undefined;
+    const identity = echo ? userAssignedIdentity(selector!, id!) : this.#systemIdentity;
     const now = Math.floor(Date.now() / 1000);
     const expiresOn = now + this.options.tokenLifetimeS;
     const claims = {
@@ -240,10 +277,10 @@ export class HimdsEmulator {
       iat: now,
       nbf: now,
       exp: expiresOn,
-      appid: echo && selector === 'client_id' ? id : this.#systemClientId,
-      oid: echo && selector === 'object_id' ? id : this.#systemObjectId,
+      appid: identity.clientId,
+      oid: identity.objectId,
       tid: TENANT_ID,
-      xms_mirid: echo && selector === 'msi_res_id' ? id : this.#compute().resourceId,
+      xms_mirid: identity.resourceId,
       uti: randomBytes(12).toString('base64url'),
     };
     const accessToken = `${base64url({ typ: 'JWT', alg: 'RS256', kid: 'himds-emulator' })}.${base64url(claims)}.${randomBytes(32).toString('base64url')}`;
@@ -278,18 +315,22 @@ export class HimdsEmulator {
     send(res, 401, { error: 'unauthorized', error_description: 'Authorization header with the key file contents required' });
   }
 
-  #compute() {
-    return {
-      location: 'westeurope',
-      name: 'arc-emulated-host',
-      resourceGroupName: 'arc-emulator-rg',
-      resourceId:
-        '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/arc-emulator-rg/providers/Microsoft.HybridCompute/machines/arc-emulated-host',
-      subscriptionId: '00000000-0000-0000-0000-000000000000',
-      tags: 'environment:emulator',
-      vmId: '11111111-2222-3333-4444-555555555555',
-      osType: 'Linux',
-    };
+  /** Validate a whole patch first, then apply it: a bad patch changes nothing. */
+  #applyFaults(patch: unknown): string | undefined {
+    if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) return 'expected a JSON object';
+    const p = patch as Record<string, unknown>;
+    const wholeAtLeast = (k: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
+      p[k] === undefined || (Number.isInteger(p[k]) && (p[k] as number) >= min && (p[k] as number) <= max) ? undefined : `${k} must be a whole number from ${min} to ${max}`;
+    const problem =
+      wholeAtLeast('latencyMs', 0, 600_000) ??
+      wholeAtLeast('failNext', 0) ??
+      wholeAtLeast('failStatus', 400, 599) ??
+      (p.userAssigned === undefined || ['echo', 'ignore', 'not-found'].includes(p.userAssigned as string)
+        ? undefined
+        : 'userAssigned must be echo, ignore or not-found');
+    if (problem) return problem;
+    Object.assign(this.faults, Object.fromEntries(Object.entries(p).filter(([k]) => k in this.faults)));
+    return undefined;
   }
 
   async #control(pathname: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -300,19 +341,14 @@ export class HimdsEmulator {
         text += String(chunk);
         if (text.length > 4096) return send(res, 413, { error: 'too_large' });
       }
-      let patch: Partial<Faults>;
+      let patch: unknown;
       try {
-        patch = JSON.parse(text) as Partial<Faults>;
+        patch = JSON.parse(text);
       } catch {
         return send(res, 400, { error: 'invalid_json' });
       }
-      for (const k of ['latencyMs', 'failNext', 'failStatus'] as const) {
-        if (typeof patch[k] === 'number') this.faults[k] = patch[k];
-      }
-      if (patch.userAssigned === 'echo' || patch.userAssigned === 'ignore' || patch.userAssigned === 'not-found') {
-        this.faults.userAssigned = patch.userAssigned;
-      }
-      return send(res, 200, this.faults);
+      const problem = this.#applyFaults(patch);
+      return problem ? send(res, 400, { error: 'invalid_faults', error_description: problem }) : send(res, 200, this.faults);
     }
     return send(res, 404, { error: 'not_found' });
   }

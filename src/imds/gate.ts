@@ -45,9 +45,13 @@ const EXACT_ROUTES = new Map<string, Route>([
 ]);
 const INSTANCE_SUBPATH = /^\/metadata\/instance(\/[A-Za-z0-9_-]+)+$/;
 
-/** The `/metadata` segment is case-insensitive in IMDS; msal-node appends `/` to the token path. */
+/**
+ * The `/metadata` segment is case-insensitive in IMDS; msal-node appends `/` to the token path; and an
+ * AZURE_POD_IDENTITY_AUTHORITY_HOST ending in `/` makes SDKs send `//metadata/...` (answering that with a 404
+ * would only make them retry for a minute).
+ */
 export function normalisePath(rawPath: string): string {
-  let p = rawPath;
+  let p = rawPath.slice(0, 10).toLowerCase() === '//metadata' ? rawPath.slice(1) : rawPath;
   if (p.length >= 9 && p.charCodeAt(0) === 47 /* / */ && p.slice(0, 9).toLowerCase() === '/metadata' && (p.length === 9 || p[9] === '/')) {
     p = '/metadata' + p.slice(9);
   }

@@ -100,6 +100,7 @@ t.test('accepted shapes', async (t) => {
     return reply;
   };
   await accept('trailing slash (msal-node with AZURE_POD_IDENTITY_AUTHORITY_HOST)', `${TOKEN_PATH}/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
+  await accept('a leading // (AZURE_POD_IDENTITY_AUTHORITY_HOST ending in /)', `//Metadata/identity/oauth2/token/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
   await accept('/Metadata in another case', `/METADATA/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
   const rawResource = await accept('resource unencoded (Python)', `${TOKEN_PATH}?api-version=2018-02-01&resource=https://management.azure.com/`);
   t.equal(rawResource.json.resource, ARM);

@@ -73,6 +73,11 @@ t.test('user-assigned identities', async (t) => {
   t.equal(byObject.status, 200);
   t.equal(claims(byObject.json.access_token).oid, objectId);
 
+  const system = await stack.get(armTokenPath());
+  t.not(byObject.json.client_id, system.json.client_id, 'a user-assigned token names its own client id, not the machine\'s');
+  const byObjectAgain = await stack.get(armTokenPath(`&object_id=${objectId}`));
+  t.equal(byObjectAgain.json.client_id, byObject.json.client_id, 'consistently');
+
   const byRes = await stack.get(armTokenPath(`&msi_res_id=${encodeURIComponent(resId)}`));
   t.equal(byRes.status, 200);
   t.equal(claims(byRes.json.access_token).xms_mirid, resId);
