@@ -128,13 +128,16 @@ t.test('permission denied is explained for the operator', { skip: notRoot }, asy
   await writeFile(key, 'secret', { mode: 0o640 });
   await chmod(path.dirname(dir), 0o755);
   await chmod(dir, 0o755);
-  // Run the built reader as 'nobody' in a child: root itself is never denied.
+  // Run the built reader in a child that drops to 'nobody' after loading it (root itself is never denied,
+  // and the checkout itself may not be readable by nobody).
   const script = `import { readKeyFile } from ${JSON.stringify(path.resolve('dist/upstream/challenge.js'))};
+    process.setgid(65534); process.setuid(65534);
     readKeyFile(${JSON.stringify(key)}, ${JSON.stringify(dir)}).then(
       () => console.log(JSON.stringify({ ok: true })),
       (e) => console.log(JSON.stringify({ reason: e.reason, message: e.message })));`;
-  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000 });
-  const result = JSON.parse(child.stdout.trim()) as { reason?: string; message?: string };
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 10_000 });
+  t.equal(child.status, 0, `the child ran: ${child.stderr}`);
+  const result = JSON.parse(child.stdout.trim() || '{}') as { reason?: string; message?: string };
   t.equal(result.reason, 'permission');
   t.match(result.message, /permission denied reading key files in .*: run as root or in the himds group/);
   t.notMatch(result.message, /secret/, 'no key material in the message');
