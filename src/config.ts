@@ -32,6 +32,15 @@ export interface ServeConfig {
   /** Deadline for a whole client request, retries included, ms. */
   readonly requestTimeoutMs: number;
   readonly logLevel: LogLevel;
+  readonly cacheMaxEntries: number;
+  /** A cached token is served only while it has at least this much validity left, ms. */
+  readonly minRemainingMs: number;
+  readonly refreshRatio: number;
+  readonly refreshBeforeMs: number;
+  readonly forceRefreshIntervalMs: number;
+  readonly upstreamConcurrency: number;
+  /** Resources whose tokens are fetched at start. */
+  readonly prefetch: readonly string[];
 }
 
 export interface EmulatorConfig {
@@ -143,6 +152,26 @@ function positiveInt(text: string): number {
   return Number(text);
 }
 
+function wholeInRange(min: number, max: number) {
+  return (text: string): number => {
+    const n = positiveInt(text);
+    if (n < min || n > max) throw new Error(`'${text}' is not between ${min} and ${max}`);
+    return n;
+  };
+}
+
+function ratio(text: string): number {
+  const n = Number(text);
+  if (!/^\d*\.?\d+$/.test(text) || !(n > 0 && n < 1)) throw new Error(`'${text}' is not a fraction between 0 and 1 (e.g. 0.5)`);
+  return n;
+}
+
+function resource(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (text === '' || text.length > 2048 || /[\u0000-\u001f\u007f]/.test(text)) throw new Error(`'${text}' is not a resource (e.g. https://management.azure.com/)`);
+  return text;
+}
+
 function httpStatus(text: string): number {
   const n = positiveInt(text);
   if (n < 400 || n > 599) throw new Error(`'${text}' is not an HTTP error status (400-599)`);
@@ -187,6 +216,20 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'deadline of one upstream attempt' },
   { flag: 'request-timeout', key: 'requestTimeoutMs', value: 'DURATION', default: '15s', parse: positiveDuration,
     help: 'a client always gets an answer within this, retries included' },
+  { flag: 'cache-max-entries', key: 'cacheMaxEntries', value: 'N', default: '1000', parse: wholeInRange(1, 1_000_000),
+    help: 'tokens cached (resource x identity); least recently used evicted' },
+  { flag: 'min-remaining', key: 'minRemainingMs', value: 'DURATION', default: '5m', parse: parseDuration,
+    help: 'a cached token is served only while it has this much validity left' },
+  { flag: 'refresh-ratio', key: 'refreshRatio', value: 'FRACTION', default: '0.5', parse: ratio,
+    help: 'refresh a cached token in the background at this fraction of its lifetime' },
+  { flag: 'refresh-before', key: 'refreshBeforeMs', value: 'DURATION', default: '10m', parse: positiveDuration,
+    help: '...and never later than this before it expires' },
+  { flag: 'force-refresh-interval', key: 'forceRefreshIntervalMs', value: 'DURATION', default: '30s', parse: parseDuration,
+    help: 'bypass_cache / token_sha256_to_refresh fetch anew at most this often per token' },
+  { flag: 'upstream-concurrency', key: 'upstreamConcurrency', value: 'N', default: '16', parse: wholeInRange(1, 1024),
+    help: 'upstream token fetches at once; the rest queue' },
+  { flag: 'prefetch', key: 'prefetch', value: 'RESOURCE', multiple: true, parse: resource,
+    help: 'fetch this resource\'s token at start; repeatable (environment: comma-separated)' },
   logLevel,
 ];
 
@@ -262,7 +305,10 @@ function parseOptions(
       texts = s.default === undefined ? undefined : [s.default];
       source = `--${s.flag} default`;
     }
-    if (texts === undefined) continue;
+    if (texts === undefined) {
+      if (s.multiple) config[s.key] = [];
+      continue;
+    }
     if (texts.length === 0) {
       problems.push(`${source}: no value given`);
       continue;
@@ -284,15 +330,19 @@ function parseOptions(
   return { config, problems, help: false };
 }
 
+// Problems quote what was given; a control character in it must not break "one line per problem".
+// eslint-disable-next-line no-control-regex
+const printable = (line: string) => line.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
 function finish<T>(config: Record<string, unknown>, problems: readonly string[], help: boolean): Parsed<T> {
-  if (!help && problems.length > 0) throw new ConfigError(problems);
+  if (!help && problems.length > 0) throw new ConfigError(problems.map(printable));
   return { config: Object.freeze(config) as T, help };
 }
 
 export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<ServeConfig> {
   const { config, problems, help } = parseOptions(SERVE_OPTIONS, argv, env);
   if (help) return finish(config, problems, help);
-  if (config.upstream === undefined && !problems.some((p) => p.startsWith('--upstream') || p.startsWith(envName('upstream')))) {
+  if (config.upstream === undefined && !problems.some((p) => p.startsWith('--upstream:') || p.startsWith(`${envName('upstream')}:`))) {
     // Not an ARC_IMDS_ variable: the one the Arc agent itself sets for its services.
     const imdsEndpoint = env.IMDS_ENDPOINT;
     try {
@@ -312,6 +362,11 @@ export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Par
   if (request !== undefined && attempt !== undefined && request < attempt) {
     problems.push('--request-timeout must not be shorter than --upstream-timeout');
   }
+  const minRemaining = config.minRemainingMs as number | undefined;
+  const refreshBefore = config.refreshBeforeMs as number | undefined;
+  if (minRemaining !== undefined && refreshBefore !== undefined && refreshBefore <= minRemaining) {
+    problems.push('--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed');
+  }
   return finish(config, problems, help);
 }
 
@@ -327,10 +382,11 @@ export function parseDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Pars
 
 /** Help text for one command, generated from its option table so it cannot drift from the parser. */
 export function helpText(command: string, summary: string, specs: readonly OptionSpec[]): string {
-  const rows = specs.map((s) => {
-    const left = `  --${s.flag} ${s.value}`;
+  const lefts = specs.map((s) => `  --${s.flag} ${s.value}`);
+  const width = Math.max(...lefts.map((l) => l.length)) + 2;
+  const rows = specs.map((s, i) => {
     const def = s.default !== undefined ? ` (default ${s.default})` : '';
-    return `${left.padEnd(34)}${s.help}${def}\n${''.padEnd(34)}env ${envName(s.flag)}`;
+    return `${lefts[i]!.padEnd(width)}${s.help}${def}\n${''.padEnd(width)}env ${envName(s.flag)}`;
   });
-  return `Usage: arc-imds-proxy ${command} [options]\n\n${summary}\n\nOptions:\n${rows.join('\n')}\n  --help${''.padEnd(26)}show this help\n`;
+  return `Usage: arc-imds-proxy ${command} [options]\n\n${summary}\n\nOptions:\n${rows.join('\n')}\n${'  --help'.padEnd(width)}show this help\n`;
 }

@@ -3,11 +3,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { DemoConfig } from './config.js';
+import { parseServe, type DemoConfig } from './config.js';
 import { HimdsEmulator } from './emulator/himds.js';
 import type { Logger } from './observability/log.js';
 import { startProxy } from './proxy.js';
-import { parseUpstream } from './config.js';
 
 export interface RunningDemo {
   readonly proxyUrl: string;
@@ -20,18 +19,12 @@ export async function startDemo(config: DemoConfig, log: Logger): Promise<Runnin
   const tokensDir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-demo-'));
   const loopback = { kind: 'tcp', host: '127.0.0.1', port: 0 } as const;
   const emulator = await HimdsEmulator.start({ tokensDir }, loopback);
-  const proxy = await startProxy(
-    {
-      listen: [loopback],
-      upstream: parseUpstream(emulator.url),
-      tokensDir,
-      himdsApiVersion: '2020-06-01',
-      upstreamTimeoutMs: 5000,
-      requestTimeoutMs: 15000,
-      logLevel: config.logLevel,
-    },
-    log,
-  ).catch(async (err: unknown) => {
+  // The same defaults as `serve`, from the same option table; only where to listen and what to ask differ.
+  const { config: serve } = parseServe(
+    ['--listen', '127.0.0.1:0', '--upstream', emulator.url, '--tokens-dir', tokensDir, '--log-level', config.logLevel],
+    {},
+  );
+  const proxy = await startProxy(serve, log).catch(async (err: unknown) => {
     await emulator.close();
     await rm(tokensDir, { recursive: true, force: true });
     throw err;

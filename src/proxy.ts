@@ -4,10 +4,8 @@ import type { ListenAddress, ServeConfig } from './config.js';
 import type { Logger } from './observability/log.js';
 import { createRequestHandler, describeAddress, listenAll } from './server.js';
 import { UpstreamClient } from './upstream/client.js';
+import { TokenCache } from './tokens/cache.js';
 import { TokenFetcher } from './upstream/token-fetch.js';
-
-/** Upstream connections at once; further upstream requests queue in the pool. */
-const UPSTREAM_CONNECTIONS = 16;
 
 export interface RunningProxy {
   /** The addresses actually bound (port 0 resolved). */
@@ -18,9 +16,19 @@ export interface RunningProxy {
 export async function startProxy(config: ServeConfig, log: Logger): Promise<RunningProxy> {
   const upstream = new UpstreamClient(config.upstream, {
     attemptTimeoutMs: config.upstreamTimeoutMs,
-    connections: UPSTREAM_CONNECTIONS,
+    // Token fetches are bounded by the cache; passthrough requests share the same connections.
+    connections: config.upstreamConcurrency,
   });
-  const tokens = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion }, log);
+  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion }, log);
+  const tokens = new TokenCache((request, signal) => fetcher.getToken(request, signal), {
+    maxEntries: config.cacheMaxEntries,
+    minRemainingMs: config.minRemainingMs,
+    refreshRatio: config.refreshRatio,
+    refreshBeforeMs: config.refreshBeforeMs,
+    forceRefreshIntervalMs: config.forceRefreshIntervalMs,
+    upstreamConcurrency: config.upstreamConcurrency,
+    fetchTimeoutMs: config.requestTimeoutMs,
+  }, log);
   const handler = createRequestHandler({ config, log, tokens, upstream });
   let servers;
   try {
@@ -32,6 +40,8 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   for (const address of servers.addresses) {
     log.info({ address: describeAddress(address), upstream: config.upstream.origin, tokensDir: config.tokensDir }, 'listening');
   }
+  // In the background: serving starts at once, and a request arriving meanwhile joins the fetch in flight.
+  if (config.prefetch.length > 0) void tokens.prefetch(config.prefetch);
   return {
     addresses: servers.addresses,
     async close() {

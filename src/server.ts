@@ -4,8 +4,8 @@
 //   1. the gate applies the IMDS contract (method, X-Forwarded-For, body, Metadata, path, query,
 //      api-version) and answers failures at once: an SDK probe never waits on anything;
 //   2. the route table picks the handler for the normalised path (anything else was a 404 in the gate);
-//   3. token: the selector is read, the token source gives a token (single-flight and cache: later, in front of
-//      the upstream fetch, which answers the key-file challenge), and the IMDS-shaped body is sent;
+//   3. token: the selector is read, the token cache gives a token (single-flight; on a miss the upstream fetch
+//      answers the key-file challenge), and the IMDS-shaped body is sent with expires_in computed now;
 //   4. metadata passthrough: the allowlisted path is streamed from the upstream;
 //   5. any failure is an ImdsError from the one table in imds/errors.ts, answered by respondError; anything
 //      else thrown is a 500 and a log line.
@@ -15,8 +15,9 @@ import type { ListenAddress, ServeConfig } from './config.js';
 import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
 import { gate, type GatedRequest } from './imds/gate.js';
 import { passThrough } from './imds/passthrough.js';
-import { tokenRequestOf, type TokenSource } from './imds/token-route.js';
+import { tokenRequestOf } from './imds/token-route.js';
 import type { Logger } from './observability/log.js';
+import type { TokenSource } from './tokens/cache.js';
 import { renderTokenResponse } from './tokens/token.js';
 import type { UpstreamClient } from './upstream/client.js';
 
@@ -51,12 +52,14 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
     const request = tokenRequestOf(gated);
     if (request instanceof ImdsError) throw request;
     const started = performance.now();
-    const signal = AbortSignal.timeout(config.requestTimeoutMs);
-    const got = await tokens.getToken(request, signal);
-    log.info(
-      { resource: request.resource, selector: request.selector?.kind ?? 'system', ms: Math.round(performance.now() - started) },
-      'token fetched from upstream',
-    );
+    const { token: got, result } = await tokens.getToken(request, AbortSignal.timeout(config.requestTimeoutMs));
+    if (result === 'miss' || result === 'forced') {
+      // Hits are not logged at info: the cached path stays cheap.
+      log.info(
+        { resource: request.resource, selector: request.selector?.kind ?? 'system', result, ms: Math.round(performance.now() - started) },
+        'token fetched from upstream',
+      );
+    }
     respond(res, 200, renderTokenResponse(got, request.resource, Date.now() / 1000));
     return 200;
   }

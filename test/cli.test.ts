@@ -133,7 +133,10 @@ async function stop(s: Spawned, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 
 
 const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/.exec(String(listening.address))?.[1]);
 
-const SERVE_FLAGS = ['listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'log-level'];
+const SERVE_FLAGS = [
+  'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
+  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch', 'log-level',
+];
 const EMULATOR_FLAGS = [
   'listen', 'tokens-dir', 'token-lifetime', 'key-ttl', 'latency', 'fail-next', 'fail-status', 'startup-unavailable',
   'user-assigned', 'log-level',

@@ -1,13 +1,8 @@
-// GET /metadata/identity/oauth2/token: read the selector, get a token (from the token source: the upstream
-// today, the cache in front of it later), and answer in the IMDS shape.
+// GET /metadata/identity/oauth2/token: what a gated request asks for (resource, identity selector, whether it
+// wants a fresh token). The server takes it to the token cache and answers in the IMDS shape.
 import { ImdsError } from './errors.js';
 import type { GatedRequest } from './gate.js';
-import type { Selector, Token, TokenRequest } from '../tokens/token.js';
-
-/** Where tokens come from. The upstream fetcher implements it; the token cache will wrap it. */
-export interface TokenSource {
-  getToken(request: TokenRequest, signal: AbortSignal): Promise<Token>;
-}
+import type { Selector, TokenRequest } from '../tokens/token.js';
 
 const SELECTOR_PARAMS = ['client_id', 'object_id', 'msi_res_id', 'mi_res_id'] as const;
 const MAX_RESOURCE_LENGTH = 2048;

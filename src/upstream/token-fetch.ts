@@ -5,7 +5,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { ImdsError } from '../imds/errors.js';
-import type { TokenSource } from '../imds/token-route.js';
 import { clientIdFromJwt, makeToken, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
 import { parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
@@ -19,7 +18,7 @@ export interface TokenFetchOptions {
   readonly apiVersion: string;
 }
 
-export class TokenFetcher implements TokenSource {
+export class TokenFetcher {
   readonly #client: UpstreamClient;
   readonly #options: TokenFetchOptions;
   readonly #log: Logger;

@@ -91,18 +91,19 @@ t.test('user-assigned identities', async (t) => {
   const echoCase = await stack.get(armTokenPath(`&client_id=${clientId.toUpperCase()}`));
   t.equal(echoCase.status, 200, 'the echo is compared case-insensitively (GUIDs)');
 
-  const empty = await stack.get(armTokenPath('&client_id='));
+  const empty = await stack.get(tokenPath('api-version=2018-02-01&resource=https://vault.azure.net&client_id='));
   t.equal(empty.status, 200, 'an empty selector is the system-assigned identity');
   t.notOk('client_id' in stack.emulator.stats().lastTokenQuery!, 'and no selector is forwarded');
 
+  // Identities not asked for before: a token the agent did confirm stays cached and served, rightly.
   stack.emulator.faults.userAssigned = 'ignore';
-  const legacy = await stack.get(armTokenPath(`&client_id=${clientId}`));
+  const legacy = await stack.get(armTokenPath('&client_id=6e6e6e6e-0000-4000-8000-000000000066'));
   t.equal(legacy.status, 400, 'a legacy agent returns the machine identity: fail closed');
   t.same(legacy.json, { error: 'invalid_request', error_description: 'Identity not found' });
   t.equal((await stack.get(armTokenPath())).status, 200, 'system-assigned still works on a legacy agent');
 
   stack.emulator.faults.userAssigned = 'not-found';
-  const notFound = await stack.get(armTokenPath(`&object_id=${objectId}`));
+  const notFound = await stack.get(armTokenPath('&object_id=7f7f7f7f-0000-4000-8000-000000000077'));
   t.equal(notFound.status, 400, 'HIMDS identity_not_found becomes IMDS Identity not found');
   t.same(notFound.json, { error: 'invalid_request', error_description: 'Identity not found' });
 });

@@ -1,0 +1,80 @@
+// Configuration parsing in process: value parsers, precedence, and every problem reported at once.
+import t from 'tap';
+import { ConfigError, parseDuration, parseListenAddress, parseServe, parseUpstream } from '../src/config.js';
+
+const problemsOf = (argv: string[], env: NodeJS.ProcessEnv = {}): string[] => {
+  try {
+    parseServe(argv, env);
+    return [];
+  } catch (err) {
+    if (err instanceof ConfigError) return [...err.problems];
+    throw err;
+  }
+};
+
+t.test('durations', async (t) => {
+  t.equal(parseDuration('300'), 300_000, 'plain seconds');
+  t.equal(parseDuration('300s'), 300_000);
+  t.equal(parseDuration('5m'), 300_000);
+  t.equal(parseDuration('1h'), 3_600_000);
+  t.equal(parseDuration('250ms'), 250);
+  t.equal(parseDuration('1.5s'), 1500);
+  for (const bad of ['', 'm', '5 m', '-5s', '5d', '1e3']) t.throws(() => parseDuration(bad), `'${bad}' refused`);
+});
+
+t.test('addresses', async (t) => {
+  t.same(parseListenAddress('127.0.0.1:0'), { kind: 'tcp', host: '127.0.0.1', port: 0 });
+  t.same(parseListenAddress('[::1]:8080'), { kind: 'tcp', host: '::1', port: 8080 });
+  for (const bad of ['localhost:80', '127.0.0.1', '127.0.0.1:65536', '1.2.3.256:80', ':80', 'unix:/run/x.sock']) {
+    t.throws(() => parseListenAddress(bad), `listen '${bad}' refused`);
+  }
+  t.equal(parseUpstream('http://localhost:40342').origin, 'http://127.0.0.1:40342', 'localhost is IPv4 loopback');
+  t.equal(parseUpstream('http://127.0.0.1:40342/').origin, 'http://127.0.0.1:40342');
+  for (const bad of ['https://127.0.0.1:1', 'http://127.0.0.1:1/path', 'http://u:p@127.0.0.1:1', 'http://127.0.0.1:1?q', 'nope']) {
+    t.throws(() => parseUpstream(bad), `upstream '${bad}' refused`);
+  }
+});
+
+t.test('serve defaults', async (t) => {
+  const { config } = parseServe([], {});
+  t.same(config.listen, [{ kind: 'tcp', host: '169.254.169.254', port: 80 }]);
+  t.equal(config.upstream.origin, 'http://127.0.0.1:40342');
+  t.equal(config.tokensDir, '/var/opt/azcmagent/tokens');
+  t.equal(config.minRemainingMs, 300_000);
+  t.equal(config.refreshBeforeMs, 600_000);
+  t.equal(config.refreshRatio, 0.5);
+  t.equal(config.forceRefreshIntervalMs, 30_000);
+  t.equal(config.cacheMaxEntries, 1000);
+  t.equal(config.upstreamConcurrency, 16);
+  t.same(config.prefetch, []);
+  t.ok(Object.isFrozen(config), 'frozen');
+});
+
+t.test('precedence: flag, then ARC_IMDS_*, then IMDS_ENDPOINT, then default', async (t) => {
+  const env = { ARC_IMDS_UPSTREAM: 'http://127.0.0.1:2', IMDS_ENDPOINT: 'http://localhost:3', ARC_IMDS_PREFETCH: 'a, b,,' };
+  t.equal(parseServe(['--upstream', 'http://127.0.0.1:1'], env).config.upstream.port, 1);
+  t.equal(parseServe([], env).config.upstream.port, 2);
+  t.equal(parseServe([], { IMDS_ENDPOINT: 'http://localhost:3' }).config.upstream.origin, 'http://127.0.0.1:3');
+  t.same(parseServe([], env).config.prefetch, ['a', 'b'], 'repeatable options from the environment are comma-separated');
+  t.same(parseServe(['--prefetch', 'x', '--prefetch', 'y'], env).config.prefetch, ['x', 'y']);
+});
+
+t.test('every problem at once', async (t) => {
+  const problems = problemsOf(
+    ['--refresh-ratio', '1.5', '--cache-max-entries', '0', '--min-remaining', '20m', '--prefetch', 'a\u0007b', '--upstream-concurrency', 'x'],
+    { IMDS_ENDPOINT: 'ftp://x' },
+  );
+  t.match(problems, [
+    /--cache-max-entries: '0' is not between 1 and/,
+    /--refresh-ratio: '1.5' is not a fraction/,
+    /--upstream-concurrency/,
+    /--prefetch: 'a\\u0007b' is not a resource/,
+    /IMDS_ENDPOINT: 'ftp:\/\/x': only http:\/\//,
+    /--refresh-before must be longer than --min-remaining/,
+  ]);
+  t.equal(problems.length, 6, problems.join('\n'));
+  t.same(problemsOf(['--min-remaining', '10m']), ['--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed']);
+  t.same(problemsOf(['--upstream', 'http://127.0.0.1:1', '--upstream', 'http://127.0.0.1:2']), ['--upstream: given 2 times; it takes one value']);
+  t.same(problemsOf([], { ARC_IMDS_LISTEN: ' , ' }), ['ARC_IMDS_LISTEN: no value given']);
+  t.match(problemsOf(['positional']), [/^Unexpected argument 'positional'/]);
+});

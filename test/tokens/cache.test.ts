@@ -1,0 +1,254 @@
+// The token cache's rules, on a fake clock. The upstream here is a scripted fetch whose calls are counted and
+// whose answers (tokens with chosen expiry, failures, delays) the test controls; the storm against the real
+// emulator is in test/tokens/cache-storm.test.ts.
+import t from 'tap';
+import { ImdsError } from '../../src/imds/errors.js';
+import { createLogger } from '../../src/observability/log.js';
+import { TokenCache, cacheKey, type TokenCacheOptions } from '../../src/tokens/cache.js';
+import { makeToken, type Token, type TokenRequest } from '../../src/tokens/token.js';
+
+const MIN = 60_000;
+const HOUR = 60 * MIN;
+const START = 1_800_000_000_000; // ms; never 0: lru-cache treats 0 as "no time"
+
+class FakeClock {
+  ms = START;
+  now = () => this.ms;
+  advance(ms: number) {
+    this.ms += ms;
+  }
+}
+
+/** A scripted upstream: each call answers with the next planned outcome (default: a token valid for `lifetime`). */
+function scriptedFetch(clock: FakeClock, lifetimeMs = 24 * HOUR) {
+  const calls: TokenRequest[] = [];
+  const plan: (() => Promise<Token>)[] = [];
+  let serial = 0;
+  const token = (lifetime = lifetimeMs) =>
+    makeToken({ accessToken: `token-${++serial}`, expiresOn: Math.floor((clock.ms + lifetime) / 1000), notBefore: '', tokenType: 'Bearer', clientId: '' });
+  const fetch = async (request: TokenRequest) => {
+    calls.push(request);
+    const next = plan.shift();
+    return next ? next() : token();
+  };
+  return { calls, plan, token, fetch };
+}
+
+const logs: string[] = [];
+const log = createLogger('debug', { write: (l: string) => void logs.push(l) });
+const request = (resource = 'https://management.azure.com/', extra: Partial<TokenRequest> = {}): TokenRequest => ({
+  resource, selector: undefined, forceRefresh: false, ...extra,
+});
+const signal = () => AbortSignal.timeout(10_000);
+const flush = () => new Promise((r) => setImmediate(r));
+
+function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
+  return new TokenCache(fetch, {
+    maxEntries: 1000, minRemainingMs: 5 * MIN, refreshRatio: 0.5, refreshBeforeMs: 10 * MIN, forceRefreshIntervalMs: 30_000,
+    upstreamConcurrency: 16, fetchTimeoutMs: 15_000, clock, random, ...options,
+  }, log);
+}
+
+t.test('keys: exact resource and selector; nothing else', async (t) => {
+  t.not(cacheKey(request('a')), cacheKey(request('a/')), 'resource strings are not normalised');
+  t.not(cacheKey(request('a')), cacheKey(request('a', { selector: { kind: 'client_id', value: 'x' } })));
+  t.not(cacheKey(request('a', { selector: { kind: 'client_id', value: 'x' } })), cacheKey(request('a', { selector: { kind: 'object_id', value: 'x' } })));
+  t.equal(cacheKey(request('a')), cacheKey(request('a', { forceRefresh: true })));
+});
+
+t.test('hits, misses and single-flight', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  let release!: () => void;
+  up.plan.push(() => new Promise((resolve) => (release = () => resolve(up.token()))));
+  const cache = cacheWith(clock, up.fetch);
+  const burst = Array.from({ length: 100 }, () => cache.getToken(request(), signal()));
+  await flush();
+  t.equal(up.calls.length, 1, '100 concurrent cold requests: one upstream fetch');
+  release();
+  const served = await Promise.all(burst);
+  t.equal(new Set(served.map((s) => s.token.accessToken)).size, 1, 'all got the same token');
+  t.same(served.map((s) => s.result).filter((r) => r === 'miss'), ['miss'], 'one caused it');
+  t.equal(served.filter((s) => s.result === 'coalesced').length, 99, 'the rest joined it');
+  const again = await cache.getToken(request(), signal());
+  t.equal(again.result, 'hit');
+  t.equal(up.calls.length, 1, 'a later request is a hit');
+  await cache.getToken(request('https://vault.azure.net'), signal());
+  t.equal(up.calls.length, 2, 'another resource is another key');
+});
+
+t.test('refresh ahead: at half life for long tokens, in the background, with jitter only earlier', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock, 24 * HOUR);
+  const cache = cacheWith(clock, up.fetch);
+  const first = await cache.getToken(request(), signal());
+  clock.advance(12 * HOUR - 1000);
+  t.equal((await cache.getToken(request(), signal())).result, 'hit', 'before half life: a plain hit');
+  t.equal(up.calls.length, 1);
+  clock.advance(1000);
+  const during = await cache.getToken(request(), signal());
+  t.equal(during.token.accessToken, first.token.accessToken, 'at half life the cached token is still served at once');
+  t.equal(during.result, 'refreshing');
+  t.equal(up.calls.length, 2, 'and a refresh started');
+  await flush();
+  const after = await cache.getToken(request(), signal());
+  t.not(after.token.accessToken, first.token.accessToken, 'the refreshed token is served next');
+  t.equal(after.result, 'hit');
+
+  // Jitter: refresh up to 10% earlier, never later; never later than refresh-before ahead of expiry.
+  const early = cacheWith(clock, up.fetch, {}, () => 1);
+  t.equal(early.refreshAt(0, 24 * HOUR), 12 * HOUR * 0.9, 'full jitter: 10% earlier');
+  t.equal(cache.refreshAt(0, 24 * HOUR), 12 * HOUR, 'no jitter: exactly half');
+  t.equal(cache.refreshAt(0, 15 * MIN), 5 * MIN, 'a 15-minute token refreshes 10 minutes before expiry, not at half');
+  t.equal(cache.refreshAt(0, 8 * MIN), 4 * MIN, 'a token shorter than refresh-before: at half life');
+  for (const r of [0, 0.25, 0.5, 0.99]) {
+    const at = cacheWith(clock, up.fetch, {}, () => r).refreshAt(0, 2 * HOUR);
+    t.ok(at <= HOUR && at >= HOUR * 0.9, `jitter ${r}: within [0.9, 1] x half life`);
+  }
+});
+
+t.test('serving through an outage, until min-remaining', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock, HOUR);
+  const cache = cacheWith(clock, up.fetch);
+  const first = await cache.getToken(request(), signal());
+  const down = () => Promise.reject(new ImdsError('upstream_unavailable', 'connection refused'));
+  for (let i = 0; i < 20; i++) up.plan.push(down);
+
+  clock.advance(30 * MIN);
+  t.equal((await cache.getToken(request(), signal())).token.accessToken, first.token.accessToken, 'refresh due: cached token served');
+  await flush();
+  t.equal(up.calls.length, 2, 'the refresh failed');
+  const afterFailure = up.calls.length;
+  clock.advance(1000);
+  await cache.getToken(request(), signal());
+  t.equal(up.calls.length, afterFailure, 'no retry before the backoff has passed (no hammering on every request)');
+  clock.advance(10_000);
+  await cache.getToken(request(), signal());
+  await flush();
+  t.equal(up.calls.length, afterFailure + 1, 'retried after the backoff');
+
+  clock.ms = START + HOUR - 5 * MIN - 1;
+  const last = await cache.getToken(request(), signal());
+  t.equal(last.token.accessToken, first.token.accessToken, 'still served with just over min-remaining left');
+  await flush();
+  clock.ms = START + HOUR - 5 * MIN + 1000;
+  await t.rejects(cache.getToken(request(), signal()), { code: 'upstream_unavailable' }, 'past min-remaining: the upstream error (a 503)');
+  up.plan.length = 0;
+  const recovered = await cache.getToken(request(), signal());
+  t.not(recovered.token.accessToken, first.token.accessToken, 'and a fresh token once upstream is back');
+  t.match(logs.join(''), /background token refresh failed; serving the cached token meanwhile/);
+});
+
+t.test('never serve past expires_on, whatever min-remaining says', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock, HOUR);
+  const cache = cacheWith(clock, up.fetch, { minRemainingMs: 0 });
+  const first = await cache.getToken(request(), signal());
+  up.plan.push(() => Promise.reject(new ImdsError('upstream_unavailable')), () => Promise.reject(new ImdsError('upstream_unavailable')));
+  clock.ms = first.token.expiresOn * 1000 + 1;
+  await t.rejects(cache.getToken(request(), signal()), { code: 'upstream_unavailable' });
+});
+
+t.test('a token arriving with less than min-remaining goes to its requesters only', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  up.plan.push(async () => up.token(2 * MIN));
+  const cache = cacheWith(clock, up.fetch);
+  const short = await cache.getToken(request(), signal());
+  t.equal(short.result, 'miss', 'the requester gets it');
+  t.equal(cache.size, 0, 'not cached');
+  const next = await cache.getToken(request(), signal());
+  t.not(next.token.accessToken, short.token.accessToken, 'the next request fetches again');
+  t.equal(up.calls.length, 2);
+});
+
+t.test('forced refresh, limited per key', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch);
+  const first = await cache.getToken(request(), signal());
+  const tooSoon = await cache.getToken(request(undefined, { forceRefresh: true }), signal());
+  t.equal(tooSoon.token.accessToken, first.token.accessToken, 'within 30 s of the last fetch: the newest token');
+  t.equal(up.calls.length, 1);
+  clock.advance(30_000);
+  const forced = await cache.getToken(request(undefined, { forceRefresh: true }), signal());
+  t.equal(forced.result, 'forced');
+  t.not(forced.token.accessToken, first.token.accessToken);
+  t.equal(up.calls.length, 2);
+  const burst = await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }), signal())));
+  t.equal(up.calls.length, 2, 'a burst of forced refreshes right after one: no fetch');
+  t.ok(burst.every((s) => s.token.accessToken === forced.token.accessToken), 'they get the newest token');
+  clock.advance(30_000);
+  await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }), signal())));
+  t.equal(up.calls.length, 3, 'a concurrent burst after the window: one fetch');
+});
+
+t.test('no error caching', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  let fail!: () => void;
+  up.plan.push(() => new Promise((_, reject) => (fail = () => reject(new ImdsError('upstream_busy')))));
+  const cache = cacheWith(clock, up.fetch);
+  const waiting = Array.from({ length: 5 }, () => cache.getToken(request(), signal()));
+  await flush();
+  fail();
+  for (const w of waiting) await t.rejects(w, { code: 'upstream_busy' }, 'every waiter gets the failure');
+  const next = await cache.getToken(request(), signal());
+  t.equal(next.result, 'miss', 'the next request tries again at once');
+  t.equal(up.calls.length, 2);
+});
+
+t.test('bounded: least recently used evicted', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch, { maxEntries: 2 });
+  await cache.getToken(request('a'), signal());
+  await cache.getToken(request('b'), signal());
+  await cache.getToken(request('a'), signal());
+  await cache.getToken(request('c'), signal());
+  t.equal(cache.size, 2);
+  t.equal(up.calls.length, 3);
+  t.equal((await cache.getToken(request('a'), signal())).result, 'hit', 'recently used a kept');
+  t.equal((await cache.getToken(request('b'), signal())).result, 'miss', 'least recently used b evicted');
+});
+
+t.test('upstream concurrency is bounded; the rest queue', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const releases: (() => void)[] = [];
+  let active = 0;
+  let peak = 0;
+  const fetch = (r: TokenRequest) =>
+    new Promise<Token>((resolve) => {
+      active++;
+      peak = Math.max(peak, active);
+      releases.push(() => {
+        active--;
+        resolve(up.token());
+      });
+      up.calls.push(r);
+    });
+  const cache = cacheWith(clock, fetch, { upstreamConcurrency: 4 });
+  const all = Array.from({ length: 50 }, (_, i) => cache.getToken(request(`r${i}`), signal()));
+  for (let served = 0; served < 50; ) {
+    await flush();
+    const batch = releases.splice(0);
+    batch.forEach((r) => r());
+    served += batch.length;
+  }
+  await Promise.all(all);
+  t.equal(peak, 4, 'never more than 4 upstream fetches at once');
+  t.equal(up.calls.length, 50, 'every resource fetched');
+});
+
+t.test('prefetch warms the cache and survives failures', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  up.plan.push(async () => up.token(), () => Promise.reject(new ImdsError('upstream_unavailable')));
+  const cache = cacheWith(clock, up.fetch);
+  await cache.prefetch(['a', 'b']);
+  t.equal((await cache.getToken(request('a'), signal())).result, 'hit');
+  t.equal((await cache.getToken(request('b'), signal())).result, 'miss', 'a failed prefetch just means a miss later');
+  t.match(logs.join(''), /prefetch failed/);
+});
