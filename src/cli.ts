@@ -2,9 +2,11 @@
 // arc-imds-proxy <command>: parse, wire, run until a signal. Everything else lives in the modules it calls.
 import { createRequire } from 'node:module';
 import {
-  ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, SERVE_OPTIONS, helpText, parseDemo, parseEmulator, parseServe,
+  ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, NETNS_SETUP_OPTIONS, SERVE_OPTIONS, helpText, parseDemo, parseEmulator,
+  parseNetnsSetup, parseServe,
 } from './config.js';
 import { startDemo } from './demo.js';
+import { netnsSetup, NetnsSetupError } from './netns.js';
 import { HimdsEmulator } from './emulator/himds.js';
 import { createLogger } from './observability/log.js';
 import { startProxy } from './proxy.js';
@@ -20,6 +22,7 @@ Commands:
   serve            serve the IMDS contract, backed by Arc HIMDS or a relay (the default command)
   emulate-himds    run the built-in HIMDS emulator, for development and tests
   demo             the proxy in front of the emulator on free loopback ports; prints curl commands
+  netns-setup      bring lo up and add 169.254.169.254/32 to it in this network namespace (needs NET_ADMIN)
 
 Run 'arc-imds-proxy <command> --help' for a command's options. --version prints the version.
 `;
@@ -43,6 +46,12 @@ const COMMANDS: Record<string, Command> = {
     const emulator = await HimdsEmulator.start(config, config.listen);
     log.info({ url: emulator.url, tokensDir: config.tokensDir }, 'HIMDS emulator listening');
     return emulator;
+  },
+  async 'netns-setup'(argv) {
+    const { config, help } = parseNetnsSetup(argv, process.env);
+    if (help) return void process.stdout.write(helpText('netns-setup', "Prepare the application's network namespace to answer 169.254.169.254 (idempotent).", NETNS_SETUP_OPTIONS));
+    for (const line of await netnsSetup(config)) process.stdout.write(`netns-setup: ${line}\n`);
+    return undefined;
   },
   async demo(argv) {
     const { config, help } = parseDemo(argv, process.env);
@@ -83,6 +92,7 @@ async function main(argv: string[]): Promise<void> {
   } catch (err) {
     if (err instanceof ConfigError) fail(err.message, 2);
     if (err instanceof ListenError) fail(err.message, err.config ? 2 : 1);
+    if (err instanceof NetnsSetupError) fail(err.message, err.exitCode);
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EADDRINUSE') fail((err as Error).message, 1);
     throw err;

@@ -1,17 +1,25 @@
 // Configuration in one place: every command's options are declared once below (flag, environment variable,
 // default, help), parsed from argv + environment into a frozen object, and every problem is reported at once.
-import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 
 // ---------------------------------------------------------------------------------------------------------
 // Value types
 // ---------------------------------------------------------------------------------------------------------
 
-/** Where a server listens. `unix` is reserved for the two-hop deployment (relay <-> sidecar). */
-export type ListenAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number };
+export type TcpAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number };
+/** A unix socket: how the sidecar in an application's network namespace reaches the relay on the host. */
+export type UnixAddress = { readonly kind: 'unix'; readonly path: string };
 
-/** Where the upstream (HIMDS, or a relay) is reached. */
-export type UpstreamAddress = { readonly kind: 'tcp'; readonly origin: string; readonly host: string; readonly port: number };
+/** Where a server listens. */
+export type ListenAddress = TcpAddress | UnixAddress;
+
+/** Where the upstream (HIMDS, or a relay) is reached. `origin` is what undici dials (or names, over a socket). */
+export type UpstreamAddress = (TcpAddress | UnixAddress) & { readonly origin: string };
+
+/** The address Azure VM IMDS answers on, and that Arc onboarding probes (PROTOCOL.md §1, DANGER). */
+export const IMDS_ADDRESS = '169.254.169.254';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -41,10 +49,14 @@ export interface ServeConfig {
   readonly upstreamConcurrency: number;
   /** Resources whose tokens are fetched at start. */
   readonly prefetch: readonly string[];
+  /** Mode and group of unix socket listeners. */
+  readonly socketMode: number;
+  readonly socketGroup: number | undefined;
+  readonly allowHostNetns: boolean;
 }
 
 export interface EmulatorConfig {
-  readonly listen: ListenAddress;
+  readonly listen: TcpAddress;
   readonly tokensDir: string;
   readonly tokenLifetimeS: number;
   readonly keyTtlMs: number;
@@ -58,6 +70,11 @@ export interface EmulatorConfig {
 
 export interface DemoConfig {
   readonly logLevel: LogLevel;
+}
+
+export interface NetnsSetupConfig {
+  readonly addresses: readonly string[];
+  readonly allowHostNetns: boolean;
 }
 
 /** Bad configuration: every problem, one line each. The CLI prints them and exits 2. */
@@ -83,11 +100,24 @@ function parsePort(text: string, allowZero: boolean): number {
   return port;
 }
 
-/** `HOST:PORT` with an IPv4 address or a bracketed IPv6 address; port 0 picks a free port. */
+// sun_path holds 108 bytes with the terminating NUL.
+const MAX_SOCKET_PATH = 107;
+
+function parseUnixAddress(text: string): UnixAddress {
+  const socketPath = text.slice('unix:'.length);
+  if (!path.isAbsolute(socketPath)) throw new Error(`'${text}': the socket path must be absolute (unix:/run/arc-imds/imds.sock)`);
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) throw new Error(`'${text}': socket paths are limited to ${MAX_SOCKET_PATH} bytes`);
+  if (socketPath.endsWith('/')) throw new Error(`'${text}': names a directory, not a socket`);
+  return Object.freeze({ kind: 'unix', path: path.normalize(socketPath) });
+}
+
+/** `HOST:PORT` (an IPv4 address or a bracketed IPv6 address; port 0 picks a free port), or `unix:PATH`. */
 export function parseListenAddress(text: string): ListenAddress {
-  if (text.startsWith('unix:')) {
-    throw new Error(`'${text}': unix socket listeners are not supported yet; use HOST:PORT`);
-  }
+  return text.startsWith('unix:') ? parseUnixAddress(text) : parseTcpAddress(text);
+}
+
+export function parseTcpAddress(text: string): TcpAddress {
+  if (text.startsWith('unix:')) throw new Error(`'${text}': a TCP address HOST:PORT is needed here`);
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):([^:]*)$/.exec(text);
   if (!m) throw new Error(`'${text}' is not HOST:PORT (e.g. 169.254.169.254:80 or 127.0.0.1:8080)`);
   const rawHost = m[1]!;
@@ -98,11 +128,12 @@ export function parseListenAddress(text: string): ListenAddress {
   return Object.freeze({ kind: 'tcp', host, port: parsePort(m[2]!, true) });
 }
 
-/** `http://HOST:PORT`. `localhost` becomes 127.0.0.1: HIMDS listens on IPv4 loopback only (as MSAL does). */
+/**
+ * `http://HOST:PORT`, or `unix:PATH` (a relay's socket). `localhost` becomes 127.0.0.1: HIMDS listens on IPv4
+ * loopback only (as MSAL does).
+ */
 export function parseUpstream(text: string): UpstreamAddress {
-  if (text.startsWith('unix:')) {
-    throw new Error(`'${text}': unix socket upstreams are not supported yet; use http://HOST:PORT`);
-  }
+  if (text.startsWith('unix:')) return Object.freeze({ ...parseUnixAddress(text), origin: 'http://localhost' });
   let url: URL;
   try {
     url = new URL(text);
@@ -172,6 +203,34 @@ function resource(text: string): string {
   return text;
 }
 
+function fileMode(text: string): number {
+  if (!/^0?[0-7]{3}$/.test(text)) throw new Error(`'${text}' is not an octal file mode (e.g. 0660)`);
+  const mode = parseInt(text, 8);
+  if (mode & 0o111) throw new Error(`'${text}': a socket needs no execute bits`);
+  return mode;
+}
+
+/** A group name (looked up in /etc/group) or a numeric gid. */
+function group(text: string): number {
+  if (/^\d{1,10}$/.test(text)) return Number(text);
+  let groups: string;
+  try {
+    groups = readFileSync('/etc/group', 'utf8');
+  } catch {
+    throw new Error(`'${text}': cannot read /etc/group to look it up; give a numeric gid`);
+  }
+  for (const line of groups.split('\n')) {
+    const [name, , gid] = line.split(':');
+    if (name === text && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new Error(`'${text}': no such group in /etc/group; give a numeric gid`);
+}
+
+function ipv4(text: string): string {
+  if (!IPV4.test(text)) throw new Error(`'${text}' is not an IPv4 address`);
+  return text;
+}
+
 function httpStatus(text: string): number {
   const n = positiveInt(text);
   if (n < 400 || n > 599) throw new Error(`'${text}' is not an HTTP error status (400-599)`);
@@ -191,12 +250,25 @@ function positiveDuration(text: string): number {
 interface OptionSpec {
   readonly flag: string;
   readonly key: string;
-  readonly value: string; // placeholder in help
+  readonly value: string; // placeholder in help; '' for a switch
   readonly help: string;
   readonly parse: (text: string) => unknown;
   readonly default?: string;
   readonly multiple?: boolean;
+  /** A switch: `--flag` alone, or true/false in the environment. */
+  readonly boolean?: boolean;
 }
+
+function yesNo(text: string): boolean {
+  if (/^(true|1|yes)$/i.test(text)) return true;
+  if (/^(false|0|no)$/i.test(text)) return false;
+  throw new Error(`'${text}' is not true or false`);
+}
+
+const allowHostNetns: OptionSpec = {
+  flag: 'allow-host-netns', key: 'allowHostNetns', value: '', boolean: true, default: 'false', parse: yesNo,
+  help: `allow answering ${IMDS_ADDRESS} where HIMDS is on loopback (the host network namespace), which breaks Arc onboarding`,
+};
 
 const logLevel: OptionSpec = {
   flag: 'log-level', key: 'logLevel', value: 'LEVEL', default: 'info', parse: oneOf(LOG_LEVELS),
@@ -205,9 +277,9 @@ const logLevel: OptionSpec = {
 
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { flag: 'listen', key: 'listen', value: 'ADDR', multiple: true, default: '169.254.169.254:80', parse: parseListenAddress,
-    help: 'IMDS listener, HOST:PORT; repeatable (environment: comma-separated)' },
+    help: 'IMDS listener, HOST:PORT or unix:PATH; repeatable (environment: comma-separated)' },
   { flag: 'upstream', key: 'upstream', value: 'URL', parse: parseUpstream,
-    help: `HIMDS or relay, http://HOST:PORT (default: $IMDS_ENDPOINT, else ${DEFAULT_HIMDS})` },
+    help: `HIMDS, http://HOST:PORT, or a relay, unix:PATH (default: $IMDS_ENDPOINT, else ${DEFAULT_HIMDS})` },
   { flag: 'tokens-dir', key: 'tokensDir', value: 'DIR', default: DEFAULT_TOKENS_DIR, parse: parseTokensDir,
     help: 'the only directory HIMDS key files are read from' },
   { flag: 'himds-api-version', key: 'himdsApiVersion', value: 'DATE', default: '2020-06-01', parse: parseApiVersion,
@@ -230,11 +302,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'upstream token fetches at once; the rest queue' },
   { flag: 'prefetch', key: 'prefetch', value: 'RESOURCE', multiple: true, parse: resource,
     help: 'fetch this resource\'s token at start; repeatable (environment: comma-separated)' },
+  { flag: 'socket-mode', key: 'socketMode', value: 'MODE', default: '0660', parse: fileMode,
+    help: 'file mode of unix socket listeners: who can connect gets tokens' },
+  { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,
+    help: 'group of unix socket listeners (name or gid)' },
+  allowHostNetns,
   logLevel,
 ];
 
+export const NETNS_SETUP_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'address', key: 'addresses', value: 'IPV4', multiple: true, default: IMDS_ADDRESS, parse: ipv4,
+    help: 'address to add to lo as /32; repeatable' },
+  allowHostNetns,
+];
+
 export const EMULATOR_OPTIONS: readonly OptionSpec[] = [
-  { flag: 'listen', key: 'listen', value: 'ADDR', default: '127.0.0.1:40342', parse: parseListenAddress,
+  { flag: 'listen', key: 'listen', value: 'ADDR', default: '127.0.0.1:40342', parse: parseTcpAddress,
     help: 'HOST:PORT to serve the emulated HIMDS on' },
   { flag: 'tokens-dir', key: 'tokensDir', value: 'DIR', default: DEFAULT_TOKENS_DIR, parse: parseTokensDir,
     help: 'where challenge key files are written (created if missing)' },
@@ -279,7 +362,7 @@ function parseOptions(
   // Every flag is collected as a list, so a single-value flag given twice is caught instead of silently
   // taking the last one.
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' } };
-  for (const s of specs) options[s.flag] = { type: 'string', multiple: true };
+  for (const s of specs) options[s.flag] = { type: s.boolean ? 'boolean' : 'string', multiple: true };
 
   let values: Record<string, unknown>;
   try {
@@ -291,7 +374,8 @@ function parseOptions(
 
   const config: Record<string, unknown> = {};
   for (const s of specs) {
-    const fromFlag = values[s.flag] as string[] | undefined;
+    const given = values[s.flag] as (string | boolean)[] | undefined;
+    const fromFlag = given?.map(String);
     const fromEnv = env[envName(s.flag)];
     let texts: string[] | undefined;
     let source: string;
@@ -353,14 +437,31 @@ export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Par
   }
   const seen = new Set<string>();
   for (const l of (config.listen as ListenAddress[] | undefined) ?? []) {
-    const key = `${l.host}:${l.port}`;
-    if (l.port !== 0 && seen.has(key)) problems.push(`--listen: ${key} is given twice`);
+    const key = l.kind === 'unix' ? `unix:${l.path}` : `${l.host}:${l.port}`;
+    if ((l.kind === 'unix' || l.port !== 0) && seen.has(key)) problems.push(`--listen: ${key} is given twice`);
     seen.add(key);
   }
   const request = config.requestTimeoutMs as number | undefined;
   const attempt = config.upstreamTimeoutMs as number | undefined;
   if (request !== undefined && attempt !== undefined && request < attempt) {
     problems.push('--request-timeout must not be shorter than --upstream-timeout');
+  }
+  const upstream = config.upstream as UpstreamAddress | undefined;
+  const listens = (config.listen as ListenAddress[] | undefined) ?? [];
+  if (upstream?.kind === 'tcp' && isLoopback(upstream.host) && config.allowHostNetns !== true) {
+    for (const l of listens) {
+      if (l.kind === 'tcp' && l.host === IMDS_ADDRESS) {
+        problems.push(
+          `--listen ${IMDS_ADDRESS}: refusing, because the upstream is on loopback (${upstream.origin}), so this is the host's ` +
+            `network namespace, where answering ${IMDS_ADDRESS} makes Arc onboarding (azcmagent) fail. Run a relay here ` +
+            `(--listen unix:PATH) and the sidecar in the application's network namespace (--upstream unix:PATH); ` +
+            `--allow-host-netns overrides this for a private namespace`,
+        );
+      }
+    }
+  }
+  if (upstream?.kind === 'unix' && listens.some((l) => l.kind === 'unix' && l.path === upstream.path)) {
+    problems.push(`--upstream ${upstream.path}: the same socket as a --listen address`);
   }
   const minRemaining = config.minRemainingMs as number | undefined;
   const refreshBefore = config.refreshBeforeMs as number | undefined;
@@ -375,6 +476,15 @@ export function parseEmulator(argv: readonly string[], env: NodeJS.ProcessEnv): 
   return finish(config, problems, help);
 }
 
+export function parseNetnsSetup(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<NetnsSetupConfig> {
+  const { config, problems, help } = parseOptions(NETNS_SETUP_OPTIONS, argv, env);
+  return finish(config, problems, help);
+}
+
+export function isLoopback(host: string): boolean {
+  return host.startsWith('127.') || host === '::1';
+}
+
 export function parseDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DemoConfig> {
   const { config, problems, help } = parseOptions(DEMO_OPTIONS, argv, env);
   return finish(config, problems, help);
@@ -382,7 +492,7 @@ export function parseDemo(argv: readonly string[], env: NodeJS.ProcessEnv): Pars
 
 /** Help text for one command, generated from its option table so it cannot drift from the parser. */
 export function helpText(command: string, summary: string, specs: readonly OptionSpec[]): string {
-  const lefts = specs.map((s) => `  --${s.flag} ${s.value}`);
+  const lefts = specs.map((s) => `  --${s.flag}${s.value ? ` ${s.value}` : ''}`);
   const width = Math.max(...lefts.map((l) => l.length)) + 2;
   const rows = specs.map((s, i) => {
     const def = s.default !== undefined ? ` (default ${s.default})` : '';

@@ -29,7 +29,8 @@ export async function startDemo(config: DemoConfig, log: Logger): Promise<Runnin
     await rm(tokensDir, { recursive: true, force: true });
     throw err;
   });
-  const proxyUrl = `http://127.0.0.1:${proxy.addresses[0]!.port}`;
+  const bound = proxy.addresses[0]!;
+  const proxyUrl = `http://127.0.0.1:${bound.kind === 'tcp' ? bound.port : 0}`;
   const instructions = [
     '',
     'arc-imds-proxy demo: the proxy is serving the Azure IMDS contract in front of the built-in HIMDS emulator.',

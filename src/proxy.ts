@@ -32,7 +32,7 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   const handler = createRequestHandler({ config, log, tokens, upstream });
   let servers;
   try {
-    servers = await listenAll(handler, config.listen);
+    servers = await listenAll(handler, config.listen, { mode: config.socketMode, gid: config.socketGroup });
   } catch (err) {
     await upstream.close();
     throw err;
@@ -42,11 +42,16 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   }
   // In the background: serving starts at once, and a request arriving meanwhile joins the fetch in flight.
   if (config.prefetch.length > 0) void tokens.prefetch(config.prefetch);
+  // Idempotent: a signal during shutdown, or a supervisor and a test both closing, must not throw.
+  let closing: Promise<void> | undefined;
   return {
     addresses: servers.addresses,
-    async close() {
-      await servers.close();
-      await upstream.close();
+    close() {
+      closing ??= (async () => {
+        await servers.close();
+        await upstream.close();
+      })();
+      return closing;
     },
   };
 }

@@ -11,7 +11,7 @@
 //      else thrown is a 500 and a log line.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { ListenAddress, ServeConfig } from './config.js';
+import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js';
 import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
 import { gate, type GatedRequest } from './imds/gate.js';
 import { passThrough } from './imds/passthrough.js';
@@ -19,6 +19,7 @@ import { tokenRequestOf } from './imds/token-route.js';
 import type { Logger } from './observability/log.js';
 import type { TokenSource } from './tokens/cache.js';
 import { renderTokenResponse } from './tokens/token.js';
+import { applySocketAccess, prepareSocketPath, removeSocket, SocketPathError } from './unix-socket.js';
 import type { UpstreamClient } from './upstream/client.js';
 
 export interface ProxyDeps {
@@ -122,26 +123,34 @@ export class ListenError extends Error {
 }
 
 export function describeAddress(address: ListenAddress): string {
+  if (address.kind === 'unix') return `unix:${address.path}`;
   return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
 
 function listenError(err: NodeJS.ErrnoException, address: ListenAddress): ListenError {
   const where = describeAddress(address);
+  if (err instanceof SocketPathError) return new ListenError(`cannot listen on ${where}: ${err.message}`, false);
   switch (err.code) {
-    case 'EADDRNOTAVAIL':
+    case 'EADDRNOTAVAIL': {
+      const host = address.kind === 'tcp' ? address.host : '';
       return new ListenError(
-        `cannot listen on ${where}: ${address.host} is not an address in this network namespace. ` +
-          `Add it to the loopback of the application's network namespace first: 'ip addr add ${address.host}/32 dev lo' ` +
-          `(needs NET_ADMIN)` +
-          (address.host === '169.254.169.254' ? ' — never in the host network namespace, where it breaks Arc agent onboarding' : ''),
+        `cannot listen on ${where}: ${host} is not an address in this network namespace. ` +
+          `Add it to the loopback of the application's network namespace first: 'arc-imds-proxy netns-setup' or ` +
+          `'ip addr add ${host}/32 dev lo' (needs NET_ADMIN)` +
+          (host === IMDS_ADDRESS ? ' — never in the host network namespace, where it breaks Arc agent onboarding' : ''),
         true,
       );
+    }
     case 'EACCES':
       return new ListenError(
-        `cannot listen on ${where}: permission denied. Ports below 1024 need root, CAP_NET_BIND_SERVICE, ` +
-          `or sysctl net.ipv4.ip_unprivileged_port_start=0 in this network namespace`,
+        address.kind === 'unix'
+          ? `cannot listen on ${where}: permission denied creating the socket or its directory`
+          : `cannot listen on ${where}: permission denied. Ports below 1024 need root, CAP_NET_BIND_SERVICE, ` +
+              `or sysctl net.ipv4.ip_unprivileged_port_start=0 in this network namespace`,
         true,
       );
+    case 'EPERM':
+      return new ListenError(`cannot listen on ${where}: not permitted to set the socket's group or mode (${err.message})`, true);
     case 'EADDRINUSE':
       return new ListenError(`cannot listen on ${where}: the address is already in use by another process`, false);
     default:
@@ -149,15 +158,39 @@ function listenError(err: NodeJS.ErrnoException, address: ListenAddress): Listen
   }
 }
 
-export async function listen(server: http.Server, address: ListenAddress): Promise<ListenAddress> {
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException) => reject(listenError(err, address));
-    server.once('error', onError);
-    server.listen({ host: address.host, port: address.port, exclusive: true }, () => {
-      server.off('error', onError);
-      resolve();
+export interface SocketAccess {
+  readonly mode: number;
+  readonly gid: number | undefined;
+}
+
+export async function listen(server: http.Server, address: ListenAddress, access: SocketAccess): Promise<ListenAddress> {
+  try {
+    if (address.kind === 'unix') await prepareSocketPath(address.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const done = () => {
+        server.off('error', reject);
+        resolve();
+      };
+      if (address.kind === 'unix') {
+        // Nobody else may connect between bind() and the chmod below: bind happens inside this call.
+        const umask = process.umask(0o177);
+        try {
+          server.listen({ path: address.path, exclusive: true }, done);
+        } finally {
+          process.umask(umask);
+        }
+      } else {
+        server.listen({ host: address.host, port: address.port, exclusive: true }, done);
+      }
     });
-  });
+    if (address.kind === 'unix') {
+      await applySocketAccess(address.path, access.mode, access.gid);
+      return address;
+    }
+  } catch (err) {
+    throw listenError(err as NodeJS.ErrnoException, address);
+  }
   const bound = server.address();
   return typeof bound === 'object' && bound !== null ? { kind: 'tcp', host: address.host, port: bound.port } : address;
 }
@@ -184,7 +217,11 @@ export interface RunningServers {
 }
 
 /** Start one server per address; if any fails, close the ones already started and throw its ListenError. */
-export async function listenAll(handler: http.RequestListener, addresses: readonly ListenAddress[]): Promise<RunningServers> {
+export async function listenAll(
+  handler: http.RequestListener,
+  addresses: readonly ListenAddress[],
+  access: SocketAccess,
+): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
   const close = async () => {
@@ -197,12 +234,14 @@ export async function listenAll(handler: http.RequestListener, addresses: readon
           }),
       ),
     );
+    // Ours only: a listener that failed to start never got as far as owning its path.
+    for (const address of bound) if (address.kind === 'unix') await removeSocket(address.path);
   };
   try {
     for (const address of addresses) {
       const server = createImdsServer(handler);
       servers.push(server);
-      bound.push(await listen(server, address));
+      bound.push(await listen(server, address, access));
     }
   } catch (err) {
     servers.pop();

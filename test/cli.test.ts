@@ -135,13 +135,15 @@ const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/
 
 const SERVE_FLAGS = [
   'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
-  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch', 'log-level',
+  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch',
+  'socket-mode', 'socket-group', 'allow-host-netns', 'log-level',
 ];
 const EMULATOR_FLAGS = [
   'listen', 'tokens-dir', 'token-lifetime', 'key-ttl', 'latency', 'fail-next', 'fail-status', 'startup-unavailable',
   'user-assigned', 'log-level',
 ];
 const DEMO_FLAGS = ['log-level'];
+const NETNS_SETUP_FLAGS = ['address', 'allow-host-netns'];
 const envOf = (flag: string) => `ARC_IMDS_${flag.toUpperCase().replaceAll('-', '_')}`;
 
 t.test('--version and --help', async (t) => {
@@ -160,7 +162,7 @@ t.test('--version and --help', async (t) => {
 });
 
 t.test('each command documents every flag and its ARC_IMDS_* variable', async (t) => {
-  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS]];
+  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS]];
   const results = await Promise.all(cases.map(([command]) => run(t, [command, '--help'])));
   cases.forEach(([command, flags], i) => {
     const r = results[i]!;
@@ -168,7 +170,7 @@ t.test('each command documents every flag and its ARC_IMDS_* variable', async (t
     t.equal(r.stderr, '');
     t.match(r.stdout, new RegExp(`^Usage: arc-imds-proxy ${command} \\[options\\]`), `${command}: usage line`);
     for (const flag of flags) {
-      t.match(r.stdout, new RegExp(`^  --${flag} [A-Z]+ `, 'm'), `${command}: --${flag}`);
+      t.match(r.stdout, new RegExp(`^  --${flag}( [A-Z][A-Z0-9]*)? `, "m"), `${command}: --${flag}`);
       t.match(r.stdout, new RegExp(`\\benv ${envOf(flag)}\\b`), `${command}: ${envOf(flag)}`);
     }
     const documented = [...r.stdout.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]).filter((f) => f !== 'help');

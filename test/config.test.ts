@@ -25,7 +25,9 @@ t.test('durations', async (t) => {
 t.test('addresses', async (t) => {
   t.same(parseListenAddress('127.0.0.1:0'), { kind: 'tcp', host: '127.0.0.1', port: 0 });
   t.same(parseListenAddress('[::1]:8080'), { kind: 'tcp', host: '::1', port: 8080 });
-  for (const bad of ['localhost:80', '127.0.0.1', '127.0.0.1:65536', '1.2.3.256:80', ':80', 'unix:/run/x.sock']) {
+  t.same(parseListenAddress('unix:/run/arc-imds/imds.sock'), { kind: 'unix', path: '/run/arc-imds/imds.sock' });
+  t.same(parseUpstream('unix:/run/arc-imds/imds.sock'), { kind: 'unix', path: '/run/arc-imds/imds.sock', origin: 'http://localhost' });
+  for (const bad of ['localhost:80', '127.0.0.1', '127.0.0.1:65536', '1.2.3.256:80', ':80', 'unix:run/x.sock', `unix:/${'x'.repeat(107)}`, 'unix:/run/dir/']) {
     t.throws(() => parseListenAddress(bad), `listen '${bad}' refused`);
   }
   t.equal(parseUpstream('http://localhost:40342').origin, 'http://127.0.0.1:40342', 'localhost is IPv4 loopback');
@@ -36,7 +38,8 @@ t.test('addresses', async (t) => {
 });
 
 t.test('serve defaults', async (t) => {
-  const { config } = parseServe([], {});
+  // The defaults alone describe the host namespace answering 169.254.169.254: refused (below).
+  const { config } = parseServe(['--allow-host-netns'], {});
   t.same(config.listen, [{ kind: 'tcp', host: '169.254.169.254', port: 80 }]);
   t.equal(config.upstream.origin, 'http://127.0.0.1:40342');
   t.equal(config.tokensDir, '/var/opt/azcmagent/tokens');
@@ -47,21 +50,25 @@ t.test('serve defaults', async (t) => {
   t.equal(config.cacheMaxEntries, 1000);
   t.equal(config.upstreamConcurrency, 16);
   t.same(config.prefetch, []);
+  t.equal(config.socketMode, 0o660);
+  t.equal(config.socketGroup, undefined);
+  t.equal(config.allowHostNetns, true);
   t.ok(Object.isFrozen(config), 'frozen');
 });
 
 t.test('precedence: flag, then ARC_IMDS_*, then IMDS_ENDPOINT, then default', async (t) => {
-  const env = { ARC_IMDS_UPSTREAM: 'http://127.0.0.1:2', IMDS_ENDPOINT: 'http://localhost:3', ARC_IMDS_PREFETCH: 'a, b,,' };
-  t.equal(parseServe(['--upstream', 'http://127.0.0.1:1'], env).config.upstream.port, 1);
-  t.equal(parseServe([], env).config.upstream.port, 2);
-  t.equal(parseServe([], { IMDS_ENDPOINT: 'http://localhost:3' }).config.upstream.origin, 'http://127.0.0.1:3');
+  const env = { ARC_IMDS_LISTEN: '127.0.0.1:0', ARC_IMDS_UPSTREAM: 'http://127.0.0.1:2', IMDS_ENDPOINT: 'http://localhost:3', ARC_IMDS_PREFETCH: 'a, b,,' };
+  t.equal(parseServe(['--upstream', 'http://127.0.0.1:1'], env).config.upstream.origin, 'http://127.0.0.1:1');
+  t.equal(parseServe([], env).config.upstream.origin, 'http://127.0.0.1:2');
+  t.equal(parseServe([], { ARC_IMDS_LISTEN: '127.0.0.1:0', IMDS_ENDPOINT: 'http://localhost:3' }).config.upstream.origin, 'http://127.0.0.1:3');
+  t.equal(parseServe(['--listen', '127.0.0.1:0'], { ARC_IMDS_ALLOW_HOST_NETNS: 'yes' }).config.allowHostNetns, true, 'switches from the environment');
   t.same(parseServe([], env).config.prefetch, ['a', 'b'], 'repeatable options from the environment are comma-separated');
   t.same(parseServe(['--prefetch', 'x', '--prefetch', 'y'], env).config.prefetch, ['x', 'y']);
 });
 
 t.test('every problem at once', async (t) => {
   const problems = problemsOf(
-    ['--refresh-ratio', '1.5', '--cache-max-entries', '0', '--min-remaining', '20m', '--prefetch', 'a\u0007b', '--upstream-concurrency', 'x'],
+    ['--listen', '127.0.0.1:0', '--refresh-ratio', '1.5', '--cache-max-entries', '0', '--min-remaining', '20m', '--prefetch', 'a\u0007b', '--upstream-concurrency', 'x'],
     { IMDS_ENDPOINT: 'ftp://x' },
   );
   t.match(problems, [
@@ -73,8 +80,28 @@ t.test('every problem at once', async (t) => {
     /--refresh-before must be longer than --min-remaining/,
   ]);
   t.equal(problems.length, 6, problems.join('\n'));
-  t.same(problemsOf(['--min-remaining', '10m']), ['--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed']);
-  t.same(problemsOf(['--upstream', 'http://127.0.0.1:1', '--upstream', 'http://127.0.0.1:2']), ['--upstream: given 2 times; it takes one value']);
+  t.same(problemsOf(['--listen', '127.0.0.1:0', '--min-remaining', '10m']), ['--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed']);
+  t.same(problemsOf(['--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:1', '--upstream', 'http://127.0.0.1:2']), ['--upstream: given 2 times; it takes one value']);
   t.same(problemsOf([], { ARC_IMDS_LISTEN: ' , ' }), ['ARC_IMDS_LISTEN: no value given']);
   t.match(problemsOf(['positional']), [/^Unexpected argument 'positional'/]);
+});
+
+t.test('never answer 169.254.169.254 in the host network namespace', async (t) => {
+  const refused = problemsOf([]);
+  t.equal(refused.length, 1, 'the bare defaults are refused');
+  t.match(refused[0], /--listen 169\.254\.169\.254: refusing, because the upstream is on loopback .* Arc onboarding/);
+  t.equal(problemsOf(['--upstream', 'http://127.0.0.2:40342']).length, 1, 'any loopback upstream');
+  t.same(problemsOf(['--upstream', 'unix:/run/arc-imds/imds.sock']), [], 'a sidecar (relay upstream over a socket) may');
+  t.same(problemsOf(['--listen', 'unix:/run/arc-imds/imds.sock']), [], 'a relay on a socket may');
+  t.same(problemsOf(['--allow-host-netns']), [], 'the override, for a private namespace');
+  t.same(problemsOf(['--listen', 'unix:/run/a.sock', '--upstream', 'unix:/run/a.sock']), ['--upstream /run/a.sock: the same socket as a --listen address']);
+});
+
+t.test('socket options', async (t) => {
+  const base = ['--listen', 'unix:/run/a.sock'];
+  t.equal(parseServe([...base, '--socket-mode', '600'], {}).config.socketMode, 0o600);
+  t.equal(parseServe([...base, '--socket-group', 'root'], {}).config.socketGroup, 0, 'a group name from /etc/group');
+  t.equal(parseServe([...base, '--socket-group', '4242'], {}).config.socketGroup, 4242);
+  t.match(problemsOf([...base, '--socket-mode', '0777', '--socket-group', 'no-such-group-here']), [/execute bits/, /no such group/]);
+  t.match(problemsOf([...base, '--socket-mode', '999']), [/not an octal file mode/]);
 });

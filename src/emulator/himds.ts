@@ -10,7 +10,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ListenAddress, UserAssignedMode } from '../config.js';
+import type { TcpAddress, UserAssignedMode } from '../config.js';
 
 export interface EmulatorOptions {
   readonly tokensDir: string;
@@ -126,7 +126,7 @@ export class HimdsEmulator {
   readonly #startedAt = Date.now();
   /** The machine's system-assigned identity. */
   readonly #systemIdentity: Identity = { clientId: randomUUID(), objectId: randomUUID(), resourceId: COMPUTE.resourceId };
-  #address: ListenAddress | undefined;
+  #address: TcpAddress | undefined;
 
   private constructor(options: EmulatorOptions) {
     this.options = options;
@@ -144,7 +144,7 @@ export class HimdsEmulator {
     });
   }
 
-  static async start(options: Partial<EmulatorOptions> & { tokensDir: string }, address: ListenAddress): Promise<HimdsEmulator> {
+  static async start(options: Partial<EmulatorOptions> & { tokensDir: string }, address: TcpAddress): Promise<HimdsEmulator> {
     const emulator = new HimdsEmulator({ ...EMULATOR_DEFAULTS, ...options });
     await mkdir(emulator.options.tokensDir, { recursive: true, mode: 0o750 });
     await emulator.#listen(address);
@@ -157,7 +157,7 @@ export class HimdsEmulator {
     return `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
   }
 
-  get address(): ListenAddress {
+  get address(): TcpAddress {
     return this.#address!;
   }
 
@@ -186,7 +186,7 @@ export class HimdsEmulator {
     this.#keys.clear();
   }
 
-  async #listen(address: ListenAddress): Promise<void> {
+  async #listen(address: TcpAddress): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       this.#server.once('error', reject);
       this.#server.listen({ host: address.host, port: address.port }, () => {

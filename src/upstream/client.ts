@@ -30,6 +30,7 @@ export class UpstreamClient {
     this.address = address;
     this.#attemptTimeoutMs = options.attemptTimeoutMs;
     this.#pool = new Pool(address.origin, {
+      ...(address.kind === 'unix' ? { socketPath: address.path } : {}),
       connections: options.connections,
       // Fail a dead upstream fast; the attempt deadline still bounds everything else.
       connect: { timeout: Math.min(options.attemptTimeoutMs, 5000) },
@@ -39,7 +40,7 @@ export class UpstreamClient {
 
   /** A human description for operator messages. */
   get describe(): string {
-    return this.address.origin;
+    return this.address.kind === 'unix' ? `unix:${this.address.path}` : this.address.origin;
   }
 
   /** One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. */
@@ -82,6 +83,8 @@ export class UpstreamClient {
     }
     const code = (err as { code?: string }).code;
     if (code === 'ECONNREFUSED') return new ImdsError('upstream_unavailable', `connection refused by ${this.describe}`, { cause: err });
+    if (code === 'ENOENT') return new ImdsError('upstream_unavailable', `no socket at ${this.describe} (is the relay running?)`, { cause: err });
+    if (code === 'EACCES') return new ImdsError('upstream_unavailable', `permission denied connecting to ${this.describe} (socket mode or group)`, { cause: err });
     if (err instanceof undiciErrors.ConnectTimeoutError) {
       return new ImdsError('upstream_unavailable', `could not connect to ${this.describe} in time`, { cause: err });
     }
