@@ -1,18 +1,18 @@
 #!/usr/bin/env node
 // arc-imds-proxy <command>: parse, wire, run until a signal. Everything else lives in the modules it calls.
-import { createRequire } from 'node:module';
 import {
-  ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, NETNS_SETUP_OPTIONS, SERVE_OPTIONS, helpText, parseDemo, parseEmulator,
-  parseNetnsSetup, parseServe,
+  ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, NETNS_SETUP_OPTIONS, PROBE_OPTIONS, SERVE_OPTIONS, helpText, parseDemo,
+  parseEmulator, parseNetnsSetup, parseProbe, parseServe,
 } from './config.js';
 import { startDemo } from './demo.js';
 import { netnsSetup, NetnsSetupError } from './netns.js';
+import { probe } from './probe.js';
 import { HimdsEmulator } from './emulator/himds.js';
 import { createLogger } from './observability/log.js';
 import { startProxy } from './proxy.js';
 import { ListenError } from './server.js';
+import { VERSION } from './version.js';
 
-const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
 
 const USAGE = `Usage: arc-imds-proxy [command] [options]
 
@@ -23,6 +23,7 @@ Commands:
   emulate-himds    run the built-in HIMDS emulator, for development and tests
   demo             the proxy in front of the emulator on free loopback ports; prints curl commands
   netns-setup      bring lo up and add 169.254.169.254/32 to it in this network namespace (needs NET_ADMIN)
+  probe            exit 0 when an admin listener's /readyz says ready (for health checks without curl)
 
 Run 'arc-imds-proxy <command> --help' for a command's options. --version prints the version.
 `;
@@ -53,6 +54,14 @@ const COMMANDS: Record<string, Command> = {
     for (const line of await netnsSetup(config)) process.stdout.write(`netns-setup: ${line}\n`);
     return undefined;
   },
+  async probe(argv) {
+    const { config, help } = parseProbe(argv, process.env);
+    if (help) return void process.stdout.write(helpText('probe', "Exit 0 when the admin listener's /readyz is ready, else 1 with the reason.", PROBE_OPTIONS));
+    const result = await probe(config);
+    if (!result.ok) fail(result.message, 1);
+    process.stdout.write(`${result.message}\n`);
+    return undefined;
+  },
   async demo(argv) {
     const { config, help } = parseDemo(argv, process.env);
     if (help) return void process.stdout.write(helpText('demo', 'Run the proxy in front of the HIMDS emulator on free loopback ports.', DEMO_OPTIONS));
@@ -69,7 +78,7 @@ function fail(message: string, code: number): never {
 
 async function main(argv: string[]): Promise<void> {
   const first = argv[0];
-  if (first === '--version' || first === '-v') return void process.stdout.write(`${version}\n`);
+  if (first === '--version' || first === '-v') return void process.stdout.write(`${VERSION}\n`);
   if (first === '--help' || first === '-h' || first === 'help') return void process.stdout.write(USAGE);
   const named = first !== undefined && !first.startsWith('-');
   const name = named ? first : 'serve';

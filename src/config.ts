@@ -29,6 +29,7 @@ const USER_ASSIGNED_MODES: readonly UserAssignedMode[] = ['echo', 'ignore', 'not
 
 export const DEFAULT_TOKENS_DIR = '/var/opt/azcmagent/tokens';
 export const DEFAULT_HIMDS = 'http://127.0.0.1:40342';
+export const DEFAULT_ADMIN = '127.0.0.1:9464';
 
 export interface ServeConfig {
   readonly listen: readonly ListenAddress[];
@@ -53,6 +54,12 @@ export interface ServeConfig {
   readonly socketMode: number;
   readonly socketGroup: number | undefined;
   readonly allowHostNetns: boolean;
+  /** /metrics, /healthz, /readyz; undefined when switched off. */
+  readonly adminListen: ListenAddress | undefined;
+  readonly readinessIntervalMs: number;
+  readonly readinessResource: string;
+  /** In-flight requests get this long to finish on SIGTERM/SIGINT. */
+  readonly shutdownTimeoutMs: number;
 }
 
 export interface EmulatorConfig {
@@ -231,6 +238,19 @@ function ipv4(text: string): string {
   return text;
 }
 
+/** http://HOST:PORT[/readyz]: a base URL gets /readyz. */
+function probeUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`'${text}' is not a URL (e.g. http://127.0.0.1:9464)`);
+  }
+  if (url.protocol !== 'http:') throw new Error(`'${text}': only http:// is supported`);
+  if (url.pathname === '/' || url.pathname === '') url.pathname = '/readyz';
+  return url.toString();
+}
+
 function httpStatus(text: string): number {
   const n = positiveInt(text);
   if (n < 400 || n > 599) throw new Error(`'${text}' is not an HTTP error status (400-599)`);
@@ -302,12 +322,26 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'upstream token fetches at once; the rest queue' },
   { flag: 'prefetch', key: 'prefetch', value: 'RESOURCE', multiple: true, parse: resource,
     help: 'fetch this resource\'s token at start; repeatable (environment: comma-separated)' },
+  { flag: 'admin-listen', key: 'adminListen', value: 'ADDR', default: DEFAULT_ADMIN, parse: (t) => (t === 'off' ? undefined : parseListenAddress(t)),
+    help: '/metrics, /healthz, /readyz: HOST:PORT, unix:PATH, or off; loopback by default (use the pod IP or 0.0.0.0 to let Prometheus scrape it)' },
+  { flag: 'readiness-interval', key: 'readinessIntervalMs', value: 'DURATION', default: '10s', parse: positiveDuration,
+    help: 'how often readiness checks that a token can be minted (probes answer from the last check)' },
+  { flag: 'readiness-resource', key: 'readinessResource', value: 'RESOURCE', default: 'https://management.azure.com/', parse: resource,
+    help: 'resource the readiness check asks for (HIMDS: challenge only, nothing minted)' },
+  { flag: 'shutdown-timeout', key: 'shutdownTimeoutMs', value: 'DURATION', default: '10s', parse: parseDuration,
+    help: 'on SIGTERM/SIGINT, in-flight requests get this long to finish' },
   { flag: 'socket-mode', key: 'socketMode', value: 'MODE', default: '0660', parse: fileMode,
     help: 'file mode of unix socket listeners: who can connect gets tokens' },
   { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,
     help: 'group of unix socket listeners (name or gid)' },
   allowHostNetns,
   logLevel,
+];
+
+export const PROBE_OPTIONS: readonly OptionSpec[] = [
+  { flag: 'url', key: 'url', value: 'URL', default: `http://${DEFAULT_ADMIN}`, parse: probeUrl,
+    help: 'the admin listener (its /readyz is asked), or a full /readyz URL' },
+  { flag: 'timeout', key: 'timeoutMs', value: 'DURATION', default: '3s', parse: positiveDuration, help: 'give up after this' },
 ];
 
 export const NETNS_SETUP_OPTIONS: readonly OptionSpec[] = [
@@ -460,6 +494,10 @@ export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Par
       }
     }
   }
+  const admin = config.adminListen as ListenAddress | undefined;
+  if (admin && listens.some((l) => sameAddress(l, admin))) {
+    problems.push(`--admin-listen ${admin.kind === 'unix' ? `unix:${admin.path}` : `${admin.host}:${admin.port}`}: also an IMDS --listen address; the admin endpoints must be separate`);
+  }
   if (upstream?.kind === 'unix' && listens.some((l) => l.kind === 'unix' && l.path === upstream.path)) {
     problems.push(`--upstream ${upstream.path}: the same socket as a --listen address`);
   }
@@ -476,9 +514,24 @@ export function parseEmulator(argv: readonly string[], env: NodeJS.ProcessEnv): 
   return finish(config, problems, help);
 }
 
+export interface ProbeConfig {
+  readonly url: string;
+  readonly timeoutMs: number;
+}
+
+export function parseProbe(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<ProbeConfig> {
+  const { config, problems, help } = parseOptions(PROBE_OPTIONS, argv, env);
+  return finish(config, problems, help);
+}
+
 export function parseNetnsSetup(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<NetnsSetupConfig> {
   const { config, problems, help } = parseOptions(NETNS_SETUP_OPTIONS, argv, env);
   return finish(config, problems, help);
+}
+
+function sameAddress(a: ListenAddress, b: ListenAddress): boolean {
+  if (a.kind === 'unix' || b.kind === 'unix') return a.kind === b.kind && (a as UnixAddress).path === (b as UnixAddress).path;
+  return a.port !== 0 && a.port === b.port && (a.host === b.host || a.host === '0.0.0.0' || b.host === '0.0.0.0');
 }
 
 export function isLoopback(host: string): boolean {

@@ -21,7 +21,7 @@ export async function startDemo(config: DemoConfig, log: Logger): Promise<Runnin
   const emulator = await HimdsEmulator.start({ tokensDir }, loopback);
   // The same defaults as `serve`, from the same option table; only where to listen and what to ask differ.
   const { config: serve } = parseServe(
-    ['--listen', '127.0.0.1:0', '--upstream', emulator.url, '--tokens-dir', tokensDir, '--log-level', config.logLevel],
+    ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--upstream', emulator.url, '--tokens-dir', tokensDir, '--log-level', config.logLevel],
     {},
   );
   const proxy = await startProxy(serve, log).catch(async (err: unknown) => {
@@ -31,6 +31,8 @@ export async function startDemo(config: DemoConfig, log: Logger): Promise<Runnin
   });
   const bound = proxy.addresses[0]!;
   const proxyUrl = `http://127.0.0.1:${bound.kind === 'tcp' ? bound.port : 0}`;
+  const admin = proxy.adminAddress;
+  const adminUrl = `http://127.0.0.1:${admin?.kind === 'tcp' ? admin.port : 0}`;
   const instructions = [
     '',
     'arc-imds-proxy demo: the proxy is serving the Azure IMDS contract in front of the built-in HIMDS emulator.',
@@ -43,6 +45,9 @@ export async function startDemo(config: DemoConfig, log: Logger): Promise<Runnin
     `  curl -s -H 'Metadata: true' '${proxyUrl}/metadata/instance/compute?api-version=2021-02-01'`,
     'Rejected without the Metadata header (what SDK probes rely on):',
     `  curl -s -i '${proxyUrl}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'`,
+    'Metrics and readiness (the admin listener):',
+    `  curl -s ${adminUrl}/metrics | grep ^arc_imds_`,
+    `  curl -s ${adminUrl}/readyz`,
     'Point an Azure SDK at it (JavaScript, Python and .NET honour this variable):',
     `  export AZURE_POD_IDENTITY_AUTHORITY_HOST=${proxyUrl}`,
     '',

@@ -1,26 +1,46 @@
-// Wiring for `serve`: upstream client -> token source -> request handler -> listeners. Used by the CLI, the
-// demo and tests, so all three run exactly the same pipeline.
+// Wiring for `serve`: upstream client -> token fetch -> token cache -> request handler -> listeners, plus the
+// admin listener (metrics, health, readiness) and the shutdown sequence. Used by the CLI, the demo and tests,
+// so all of them run exactly the same pipeline.
 import type { ListenAddress, ServeConfig } from './config.js';
+import { createAdminHandler } from './observability/admin.js';
+import { Audit } from './observability/audit.js';
+import { Readiness } from './observability/health.js';
 import type { Logger } from './observability/log.js';
-import { createRequestHandler, describeAddress, listenAll } from './server.js';
-import { UpstreamClient } from './upstream/client.js';
+import { Metrics } from './observability/metrics.js';
+import { createRequestHandler, describeAddress, listenAll, type RunningServers } from './server.js';
 import { TokenCache } from './tokens/cache.js';
+import { UpstreamClient } from './upstream/client.js';
 import { TokenFetcher } from './upstream/token-fetch.js';
+import { VERSION } from './version.js';
 
 export interface RunningProxy {
-  /** The addresses actually bound (port 0 resolved). */
+  /** The IMDS addresses actually bound (port 0 resolved). */
   readonly addresses: readonly ListenAddress[];
+  /** The admin address actually bound, if any. */
+  readonly adminAddress: ListenAddress | undefined;
+  readonly metrics: Metrics;
+  readonly readiness: Readiness;
+  /** Drain and stop: readyz 503, stop accepting, in-flight requests finish (within --shutdown-timeout), close. */
   close(): Promise<void>;
 }
 
 export async function startProxy(config: ServeConfig, log: Logger): Promise<RunningProxy> {
+  let tokens: TokenCache | undefined;
+  let readiness: Readiness | undefined;
+  const metrics = new Metrics(VERSION, {
+    cacheEntries: () => tokens?.size ?? 0,
+    earliestExpirySeconds: () => tokens?.earliestExpirySeconds(),
+    fetchesInFlight: () => tokens?.inFlight ?? 0,
+    ready: () => readiness?.state.ready ?? false,
+  });
   const upstream = new UpstreamClient(config.upstream, {
     attemptTimeoutMs: config.upstreamTimeoutMs,
     // Token fetches are bounded by the cache; passthrough requests share the same connections.
     connections: config.upstreamConcurrency,
+    metrics,
   });
-  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion }, log);
-  const tokens = new TokenCache((request, signal) => fetcher.getToken(request, signal), {
+  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion, metrics }, log);
+  tokens = new TokenCache((request, signal) => fetcher.getToken(request, signal), {
     maxEntries: config.cacheMaxEntries,
     minRemainingMs: config.minRemainingMs,
     refreshRatio: config.refreshRatio,
@@ -28,28 +48,58 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     forceRefreshIntervalMs: config.forceRefreshIntervalMs,
     upstreamConcurrency: config.upstreamConcurrency,
     fetchTimeoutMs: config.requestTimeoutMs,
+    onRefresh: (ok) => metrics.refreshes.inc({ outcome: ok ? 'success' : 'failure' }),
   }, log);
-  const handler = createRequestHandler({ config, log, tokens, upstream });
-  let servers;
+  readiness = new Readiness((signal) => fetcher.checkCanMint(config.readinessResource, signal), {
+    intervalMs: config.readinessIntervalMs,
+    timeoutMs: config.requestTimeoutMs,
+  }, log);
+  const audit = new Audit(log);
+  const draining = { now: false };
+  const handler = createRequestHandler({ config, log, tokens, upstream, metrics, audit, draining });
+  const socketAccess = { mode: config.socketMode, gid: config.socketGroup };
+
+  let servers: RunningServers | undefined;
+  let admin: RunningServers | undefined;
   try {
-    servers = await listenAll(handler, config.listen, { mode: config.socketMode, gid: config.socketGroup });
+    servers = await listenAll(handler, config.listen, socketAccess);
+    if (config.adminListen) admin = await listenAll(createAdminHandler(metrics, readiness), [config.adminListen], socketAccess);
   } catch (err) {
+    await servers?.close(0);
     await upstream.close();
+    audit.stop();
     throw err;
   }
   for (const address of servers.addresses) {
-    log.info({ address: describeAddress(address), upstream: config.upstream.origin, tokensDir: config.tokensDir }, 'listening');
+    log.info({ address: describeAddress(address), upstream: config.upstream.kind === 'unix' ? `unix:${config.upstream.path}` : config.upstream.origin, tokensDir: config.tokensDir }, 'listening');
   }
-  // In the background: serving starts at once, and a request arriving meanwhile joins the fetch in flight.
+  if (admin) log.info({ address: describeAddress(admin.addresses[0]!) }, 'admin listening: /metrics /healthz /readyz');
+  // In the background: serving starts at once. Readiness is checked only where it can be seen (the admin
+  // listener): each check costs HIMDS a challenge.
+  if (admin) void readiness.start();
   if (config.prefetch.length > 0) void tokens.prefetch(config.prefetch);
-  // Idempotent: a signal during shutdown, or a supervisor and a test both closing, must not throw.
+
+  const imds = servers;
+  const ready = readiness;
   let closing: Promise<void> | undefined;
   return {
-    addresses: servers.addresses,
+    addresses: imds.addresses,
+    adminAddress: admin?.addresses[0],
+    metrics,
+    readiness: ready,
+    // Idempotent: a second signal during shutdown, or a supervisor and a test both closing, must not throw.
     close() {
       closing ??= (async () => {
-        await servers.close();
-        await upstream.close();
+        const started = performance.now();
+        ready.drain();
+        draining.now = true;
+        await imds.close(config.shutdownTimeoutMs);
+        // Background refreshes may still be in flight: they get what is left of the grace period.
+        await upstream.close(Math.max(0, config.shutdownTimeoutMs - (performance.now() - started)));
+        audit.stop();
+        log.info({ ms: Math.round(performance.now() - started) }, 'drained and stopped');
+        // Last: readyz answers 503 until the drain has ended.
+        await admin?.close(0);
       })();
       return closing;
     },

@@ -16,7 +16,9 @@ import { ImdsError, renderError, renderImdsError, type RenderedError } from './i
 import { gate, type GatedRequest } from './imds/gate.js';
 import { passThrough } from './imds/passthrough.js';
 import { tokenRequestOf } from './imds/token-route.js';
+import type { Audit } from './observability/audit.js';
 import type { Logger } from './observability/log.js';
+import type { Metrics } from './observability/metrics.js';
 import type { TokenSource } from './tokens/cache.js';
 import { renderTokenResponse } from './tokens/token.js';
 import { applySocketAccess, prepareSocketPath, removeSocket, SocketPathError } from './unix-socket.js';
@@ -27,7 +29,14 @@ export interface ProxyDeps {
   readonly log: Logger;
   readonly tokens: TokenSource;
   readonly upstream: UpstreamClient;
+  readonly metrics: Metrics;
+  readonly audit: Audit;
+  /** Set when shutting down: answers then close their connection, so keep-alive clients move on. */
+  readonly draining: { readonly now: boolean };
 }
+
+/** The route label of a request the gate refused (or that matched no route). */
+const NO_ROUTE = 'none';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
@@ -47,52 +56,71 @@ function respondError(res: ServerResponse, rendered: RenderedError, closeConnect
 }
 
 export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
-  const { log, tokens, upstream, config } = deps;
+  const { log, tokens, upstream, config, metrics, audit, draining } = deps;
 
-  async function token(gated: GatedRequest, res: ServerResponse): Promise<number> {
+  async function token(gated: GatedRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
     const request = tokenRequestOf(gated);
     if (request instanceof ImdsError) throw request;
     const started = performance.now();
     const { token: got, result } = await tokens.getToken(request, AbortSignal.timeout(config.requestTimeoutMs));
+    metrics.cacheResults.inc({ result });
+    const client = req.socket.remoteAddress ?? 'unix';
     if (result === 'miss' || result === 'forced') {
-      // Hits are not logged at info: the cached path stays cheap.
+      // Only fetches are logged at info: the cached path stays cheap (the audit counts hits).
       log.info(
-        { resource: request.resource, selector: request.selector?.kind ?? 'system', result, ms: Math.round(performance.now() - started) },
+        { client, resource: request.resource, selector: request.selector?.kind ?? 'system', result, ms: Math.round(performance.now() - started) },
         'token fetched from upstream',
       );
     }
+    audit.served(client, request.resource, request.selector);
     respond(res, 200, renderTokenResponse(got, request.resource, Date.now() / 1000));
     return 200;
   }
 
-  async function metadata(gated: GatedRequest, res: ServerResponse): Promise<number> {
+  async function metadata(gated: GatedRequest, _req: IncomingMessage, res: ServerResponse): Promise<number> {
     return passThrough(gated, res, upstream, config.himdsApiVersion, AbortSignal.timeout(config.requestTimeoutMs));
   }
 
   const ROUTES = { token, instance: metadata, identity_info: metadata } as const;
 
+  function finished(route: string, status: number, started: number): void {
+    metrics.requests.inc({ route, code: status });
+    metrics.requestDuration.observe({ route }, (performance.now() - started) / 1000);
+  }
+
   return function handle(req, res) {
+    const started = performance.now();
+    if (draining.now) res.shouldKeepAlive = false;
     const gated = gate(req);
     if (gated instanceof ImdsError) {
+      const rendered = renderImdsError(gated);
       // A request that carried a body is not read: close the connection rather than parse what follows it.
-      respondError(res, renderImdsError(gated), gated.code === 'request_body');
-      log.debug({ method: req.method, url: req.url, status: renderImdsError(gated).status, code: gated.code }, 'rejected');
+      respondError(res, rendered, gated.code === 'request_body');
+      finished(NO_ROUTE, rendered.status, started);
+      log.debug({ method: req.method, url: req.url, status: rendered.status, code: gated.code }, 'rejected');
       return;
     }
-    ROUTES[gated.route](gated, res).then(
-      (status) => log.debug({ url: req.url, status }, 'served'),
+    ROUTES[gated.route](gated, req, res).then(
+      (status) => {
+        finished(gated.route, status, started);
+        log.debug({ url: req.url, status }, 'served');
+      },
       (err: unknown) => {
         if (res.headersSent) {
           res.destroy();
+          finished(gated.route, res.statusCode, started);
           return;
         }
+        let rendered: RenderedError;
         if (err instanceof ImdsError) {
           log.warn({ url: req.url, code: err.code, detail: err.detail }, 'request failed');
-          respondError(res, renderImdsError(err));
+          rendered = renderImdsError(err);
         } else {
           log.error({ url: req.url, err }, 'unexpected error');
-          respondError(res, renderError('internal'));
+          rendered = renderError('internal');
         }
+        respondError(res, rendered);
+        finished(gated.route, rendered.status, started);
       },
     );
   };
@@ -213,7 +241,8 @@ export function createImdsServer(handler: http.RequestListener): http.Server {
 
 export interface RunningServers {
   readonly addresses: readonly ListenAddress[];
-  close(): Promise<void>;
+  /** Stop accepting, let in-flight requests finish for up to `graceMs`, then cut what is left. */
+  close(graceMs: number): Promise<void>;
 }
 
 /** Start one server per address; if any fails, close the ones already started and throw its ListenError. */
@@ -224,12 +253,16 @@ export async function listenAll(
 ): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
-  const close = async () => {
+  const close = async (graceMs: number) => {
     await Promise.all(
       servers.map(
         (s) =>
           new Promise<void>((resolve) => {
-            s.close(() => resolve());
+            const cut = setTimeout(() => s.closeAllConnections(), graceMs);
+            s.close(() => {
+              clearTimeout(cut);
+              resolve();
+            });
             s.closeIdleConnections();
           }),
       ),
@@ -245,7 +278,7 @@ export async function listenAll(
     }
   } catch (err) {
     servers.pop();
-    await close();
+    await close(0);
     throw err;
   }
   return { addresses: bound, close };

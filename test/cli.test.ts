@@ -26,7 +26,8 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     if (k.startsWith('ARC_IMDS_') || k === 'IMDS_ENDPOINT' || k === 'IDENTITY_ENDPOINT') continue;
     env[k] = v;
   }
-  return { ...env, ...extra };
+  // No admin listener unless a test asks: its fixed default port would collide between concurrent serves.
+  return { ...env, ARC_IMDS_ADMIN_LISTEN: 'off', ...extra };
 }
 
 interface Exit {
@@ -136,7 +137,8 @@ const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/
 const SERVE_FLAGS = [
   'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
   'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch',
-  'socket-mode', 'socket-group', 'allow-host-netns', 'log-level',
+  'admin-listen', 'readiness-interval', 'readiness-resource', 'shutdown-timeout', 'socket-mode', 'socket-group',
+  'allow-host-netns', 'log-level',
 ];
 const EMULATOR_FLAGS = [
   'listen', 'tokens-dir', 'token-lifetime', 'key-ttl', 'latency', 'fail-next', 'fail-status', 'startup-unavailable',
@@ -144,6 +146,7 @@ const EMULATOR_FLAGS = [
 ];
 const DEMO_FLAGS = ['log-level'];
 const NETNS_SETUP_FLAGS = ['address', 'allow-host-netns'];
+const PROBE_FLAGS = ['url', 'timeout'];
 const envOf = (flag: string) => `ARC_IMDS_${flag.toUpperCase().replaceAll('-', '_')}`;
 
 t.test('--version and --help', async (t) => {
@@ -162,7 +165,7 @@ t.test('--version and --help', async (t) => {
 });
 
 t.test('each command documents every flag and its ARC_IMDS_* variable', async (t) => {
-  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS]];
+  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS], ['probe', PROBE_FLAGS]];
   const results = await Promise.all(cases.map(([command]) => run(t, [command, '--help'])));
   cases.forEach(([command, flags], i) => {
     const r = results[i]!;

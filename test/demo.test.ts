@@ -91,8 +91,20 @@ t.test('demo: the printed curl commands work, Ctrl-C cleans up', { skip: existsS
   t.ok(tokensDir && existsSync(tokensDir), 'and exists while the demo runs');
   t.match(out, new RegExp(`^  export AZURE_POD_IDENTITY_AUTHORITY_HOST=${proxyUrl}$`, 'm'), 'SDK hint points at the proxy');
 
-  const commands = out.split('\n').filter((l) => /^\s+curl /.test(l)).map((l) => shellWords(l.trim()));
-  t.equal(commands.length, 3, 'three curl commands');
+  const adminUrl = /curl -s (http:\/\/127\.0\.0\.1:\d+)\/readyz$/m.exec(out)?.[1];
+  t.ok(adminUrl, `the admin listener's URL is printed: ${adminUrl}`);
+  const lines = out.split('\n').filter((l) => /^\s+curl /.test(l));
+  // The admin commands: metrics (piped into grep) and readiness.
+  const adminLines = lines.filter((l) => adminUrl && l.includes(`${adminUrl}/`));
+  t.equal(adminLines.length, 2, 'two admin commands');
+  const metrics = await curl(['-s', `${adminUrl}/metrics`]);
+  t.match(metrics, /^arc_imds_build_info\{version="[^"]+",node="v\d+/m, 'metrics are served');
+  t.match(metrics, /^arc_imds_token_cache_entries 0$/m);
+  for (let i = 0; i < 50 && !(await curl(['-s', `${adminUrl}/readyz`])).includes('"ready":true'); i++) await new Promise((r) => setTimeout(r, 50));
+  t.match(JSON.parse(await curl(['-s', `${adminUrl}/readyz`])), { status: 'ready', ready: true }, 'ready against the emulator');
+
+  const commands = lines.filter((l) => !adminLines.includes(l)).map((l) => shellWords(l.trim()));
+  t.equal(commands.length, 3, 'three curl commands for the proxy');
   for (const words of commands) {
     t.equal(words[0], 'curl');
     const urls = words.filter((w) => /^[a-z]+:\/\//i.test(w));

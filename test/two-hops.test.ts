@@ -23,12 +23,12 @@ const quiet = createLogger('silent');
 
 /** A relay: the real proxy listening on a unix socket, in front of the given upstream. */
 async function relay(socket: string, upstream: string, tokensDir: string, extra: string[] = []): Promise<RunningProxy> {
-  const { config } = parseServe(['--listen', `unix:${socket}`, '--upstream', upstream, '--tokens-dir', tokensDir, ...extra], {});
+  const { config } = parseServe(['--listen', `unix:${socket}`, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', 'off', ...extra], {});
   return startProxy(config, quiet);
 }
 
 async function sidecar(t: Test, socket: string): Promise<{ url: string; proxy: RunningProxy }> {
-  const { config } = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--tokens-dir', '/nonexistent/tokens', '--upstream-timeout', '1s'], {});
+  const { config } = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--tokens-dir', '/nonexistent/tokens', '--upstream-timeout', '1s', '--admin-listen', 'off'], {});
   const proxy = await startProxy(config, quiet);
   t.teardown(() => proxy.close());
   const bound = proxy.addresses[0]!;

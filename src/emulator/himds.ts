@@ -124,6 +124,8 @@ export class HimdsEmulator {
   readonly #keys = new Map<string, { file: string; timer: NodeJS.Timeout }>();
   readonly #server: http.Server;
   readonly #startedAt = Date.now();
+  /** Aborted by close(): requests sleeping on --latency are dropped instead of holding the process. */
+  readonly #closed = new AbortController();
   /** The machine's system-assigned identity. */
   readonly #systemIdentity: Identity = { clientId: randomUUID(), objectId: randomUUID(), resourceId: COMPUTE.resourceId };
   #address: TcpAddress | undefined;
@@ -178,6 +180,7 @@ export class HimdsEmulator {
   }
 
   async close(): Promise<void> {
+    this.#closed.abort();
     if (this.#server.listening) await this.down();
     for (const { file, timer } of this.#keys.values()) {
       clearTimeout(timer);
@@ -201,7 +204,10 @@ export class HimdsEmulator {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://himds');
     if (url.pathname.startsWith('/__emulator/')) return this.#control(url.pathname, req, res);
-    if (this.faults.latencyMs > 0) await sleep(this.faults.latencyMs);
+    if (this.faults.latencyMs > 0) {
+      const slept = await sleep(this.faults.latencyMs, true, { signal: this.#closed.signal }).catch(() => false);
+      if (!slept) return void res.destroy();
+    }
     if (Date.now() - this.#startedAt < this.options.startupUnavailableMs) {
       this.#stats.injectedFailures++;
       return send(res, 503, { error: 'service_unavailable', error_description: 'HIMDS is starting' }, { 'Retry-After': '1' });

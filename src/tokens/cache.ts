@@ -51,6 +51,8 @@ export interface TokenCacheOptions {
   readonly fetchTimeoutMs: number;
   readonly clock?: Clock;
   readonly random?: () => number;
+  /** Told of every background refresh's outcome (for metrics). */
+  readonly onRefresh?: (ok: boolean) => void;
 }
 
 /** Refresh up to this fraction of the refresh delay early. */
@@ -125,6 +127,20 @@ export class TokenCache implements TokenSource {
     return this.#store.size;
   }
 
+  /** Upstream fetches in flight (one per key at most). */
+  get inFlight(): number {
+    return this.#inflight.size;
+  }
+
+  /** Seconds until the earliest cached token expires, or undefined when nothing is cached. Scrape-time only. */
+  earliestExpirySeconds(): number | undefined {
+    let earliest: number | undefined;
+    for (const entry of this.#store.values()) {
+      if (earliest === undefined || entry.token.expiresOn < earliest) earliest = entry.token.expiresOn;
+    }
+    return earliest === undefined ? undefined : earliest - this.#clock.now() / 1000;
+  }
+
   async getToken(request: TokenRequest, _signal: AbortSignal): Promise<Served> {
     const key = cacheKey(request);
     const now = this.#clock.now();
@@ -189,8 +205,12 @@ export class TokenCache implements TokenSource {
     const started = this.#clock.now();
     // The refresh is for the key, not for this request's extras.
     this.#startFetch(key, { resource: request.resource, selector: request.selector, forceRefresh: false }).then(
-      () => this.#log.info({ resource: request.resource, selector: request.selector?.kind ?? 'system' }, 'token refreshed ahead of expiry'),
+      () => {
+        this.#options.onRefresh?.(true);
+        this.#log.info({ resource: request.resource, selector: request.selector?.kind ?? 'system' }, 'token refreshed ahead of expiry');
+      },
       (err: unknown) => {
+        this.#options.onRefresh?.(false);
         entry.failures++;
         const backoff = Math.min(REFRESH_BACKOFF_MS.first * 2 ** (entry.failures - 1), REFRESH_BACKOFF_MS.max);
         entry.nextAttemptAt = started + backoff * (1 + this.#random() / 2);

@@ -5,6 +5,7 @@ import { Pool, errors as undiciErrors } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { UpstreamAddress } from '../config.js';
 import { ImdsError } from '../imds/errors.js';
+import type { Metrics, UpstreamLeg, UpstreamOutcome } from '../observability/metrics.js';
 
 /** Token and error bodies are small; anything bigger is not HIMDS talking. */
 export const MAX_UPSTREAM_BODY = 64 * 1024;
@@ -19,16 +20,35 @@ export interface UpstreamClientOptions {
   readonly attemptTimeoutMs: number;
   /** Concurrent upstream connections; more requests queue in the pool. */
   readonly connections: number;
+  readonly metrics?: Metrics | undefined;
+}
+
+function statusOutcome(status: number): UpstreamOutcome {
+  if (status === 401) return '401';
+  if (status >= 200 && status < 300) return '2xx';
+  if (status >= 400 && status < 500) return '4xx';
+  if (status >= 500 && status < 600) return '5xx';
+  return 'other';
+}
+
+function failureOutcome(err: ImdsError): UpstreamOutcome {
+  const detail = err.detail ?? '';
+  if (detail.includes('in time')) return 'timeout';
+  if (detail.includes('refused') || detail.includes('no socket')) return 'refused';
+  if (detail.includes('reset')) return 'reset';
+  return 'error';
 }
 
 export class UpstreamClient {
   readonly address: UpstreamAddress;
   readonly #pool: Pool;
   readonly #attemptTimeoutMs: number;
+  readonly #metrics: Metrics | undefined;
 
   constructor(address: UpstreamAddress, options: UpstreamClientOptions) {
     this.address = address;
     this.#attemptTimeoutMs = options.attemptTimeoutMs;
+    this.#metrics = options.metrics;
     this.#pool = new Pool(address.origin, {
       ...(address.kind === 'unix' ? { socketPath: address.path } : {}),
       connections: options.connections,
@@ -44,35 +64,59 @@ export class UpstreamClient {
   }
 
   /** One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. */
-  async get(path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+  async get(leg: UpstreamLeg, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+    const started = performance.now();
     const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
     let response: Dispatcher.ResponseData;
     try {
       response = await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
     } catch (err) {
-      throw this.#classify(err, attempt);
+      throw this.#failed(leg, started, this.#classify(err, attempt));
     }
     try {
-      return { status: response.statusCode, headers: response.headers, body: await readBounded(response.body) };
+      const body = await readBounded(response.body);
+      this.#record(leg, started, statusOutcome(response.statusCode));
+      return { status: response.statusCode, headers: response.headers, body };
     } catch (err) {
       response.body.destroy();
-      if (err instanceof ImdsError) throw err;
-      throw this.#classify(err, attempt);
+      throw this.#failed(leg, started, err instanceof ImdsError ? err : this.#classify(err, attempt));
     }
   }
 
   /** One GET whose body the caller streams (metadata passthrough). The caller must consume or destroy it. */
   async open(path: string, headers: Record<string, string>, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+    const started = performance.now();
     const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
     try {
-      return await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+      const response = await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+      this.#record('passthrough', started, statusOutcome(response.statusCode));
+      return response;
     } catch (err) {
-      throw this.#classify(err, attempt);
+      throw this.#failed('passthrough', started, this.#classify(err, attempt));
     }
   }
 
-  async close(): Promise<void> {
-    await this.#pool.close();
+  #record(leg: UpstreamLeg, started: number, outcome: UpstreamOutcome): void {
+    if (!this.#metrics) return;
+    this.#metrics.upstreamRequests.inc({ leg, outcome });
+    this.#metrics.upstreamDuration.observe({ leg }, (performance.now() - started) / 1000);
+  }
+
+  #failed(leg: UpstreamLeg, started: number, err: ImdsError): ImdsError {
+    this.#record(leg, started, err.code === 'upstream_bad_response' ? 'error' : failureOutcome(err));
+    return err;
+  }
+
+  /** Let requests in flight finish for up to `graceMs`, then abandon them. */
+  async close(graceMs = Infinity): Promise<void> {
+    if (this.#pool.closed || this.#pool.destroyed) return;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<'expired'>((resolve) => {
+      if (Number.isFinite(graceMs)) timer = setTimeout(() => resolve('expired'), graceMs);
+    });
+    const outcome = await Promise.race([this.#pool.close().then(() => 'closed' as const), expired]);
+    clearTimeout(timer);
+    if (outcome === 'expired') await this.#pool.destroy();
   }
 
   /** Turn what undici or the deadline threw into the IMDS error a client should see. */

@@ -6,7 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { ImdsError } from '../imds/errors.js';
 import { clientIdFromJwt, makeToken, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
-import { parseRealm, readKeyFile } from './challenge.js';
+import type { Metrics } from '../observability/metrics.js';
+import { ChallengeError, parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
 
 export const TOKEN_PATH = '/metadata/identity/oauth2/token';
@@ -16,6 +17,7 @@ const RETRY_PAUSES_MS = [100, 400] as const;
 export interface TokenFetchOptions {
   readonly tokensDir: string;
   readonly apiVersion: string;
+  readonly metrics?: Metrics | undefined;
 }
 
 export class TokenFetcher {
@@ -47,18 +49,43 @@ export class TokenFetcher {
   }
 
   async #attempt(path: string, request: TokenRequest, signal: AbortSignal): Promise<Token> {
-    const headers: Record<string, string> = { Metadata: 'true' };
-    let response = await this.#client.get(path, headers, signal);
+    let response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
     if (response.status === 401) {
-      const realm = parseRealm(response.headers['www-authenticate']);
-      const key = await readKeyFile(realm, this.#options.tokensDir);
-      response = await this.#client.get(path, { ...headers, Authorization: `Basic ${key}` }, signal);
+      const key = await this.#answerChallenge(response);
+      response = await this.#client.get('token', path, { Metadata: 'true', Authorization: `Basic ${key}` }, signal);
       if (response.status === 401) {
+        this.#options.metrics?.challengeFailures.inc({ reason: 'key_rejected' });
         throw new ImdsError('challenge_failed', 'HIMDS rejected the key from its own challenge');
       }
     }
     if (response.status !== 200) throw upstreamFailure(response);
     return parseToken(response.body, request.selector, Date.now() / 1000);
+  }
+
+  /** The key the 401 asks for. Failures are counted by reason. */
+  async #answerChallenge(response: UpstreamResponse): Promise<string> {
+    try {
+      return await readKeyFile(parseRealm(response.headers['www-authenticate']), this.#options.tokensDir);
+    } catch (err) {
+      if (err instanceof ChallengeError) this.#options.metrics?.challengeFailures.inc({ reason: err.reason });
+      throw err;
+    }
+  }
+
+  /**
+   * Readiness: could a token be minted now? The first leg, and where the upstream is HIMDS, the challenge
+   * answered as far as reading the key, which is not presented: nothing is minted, and the unused key expires
+   * on its own. A relay answers the first leg with a token (from its cache), which must be valid.
+   */
+  async checkCanMint(resource: string, signal: AbortSignal): Promise<void> {
+    const path = this.#path({ resource, selector: undefined, forceRefresh: false });
+    const response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
+    if (response.status === 401) {
+      await this.#answerChallenge(response);
+      return;
+    }
+    if (response.status !== 200) throw upstreamFailure(response);
+    parseToken(response.body, undefined, Date.now() / 1000);
   }
 
   /** The upstream request: HIMDS's api-version, the resource, the selector; nothing else of the client's. */
