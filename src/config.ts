@@ -60,6 +60,12 @@ export interface ServeConfig {
   readonly readinessResource: string;
   /** In-flight requests get this long to finish on SIGTERM/SIGINT. */
   readonly shutdownTimeoutMs: number;
+  /** Resources (exact, or prefix*) tokens are handed out for; empty: all. */
+  readonly allowResource: readonly string[];
+  readonly rateLimit: number | undefined;
+  readonly concurrencyLimit: number | undefined;
+  /** Open connections per listener. */
+  readonly maxConnections: number;
 }
 
 export interface EmulatorConfig {
@@ -210,6 +216,25 @@ function resource(text: string): string {
   return text;
 }
 
+/** Azure IMDS's identity endpoint limits: what `imds` means for --rate-limit and --concurrency-limit. */
+export const IMDS_RATE_LIMIT = 20;
+export const IMDS_CONCURRENCY_LIMIT = 5;
+
+function limit(imds: number) {
+  return (text: string): number | undefined => {
+    if (text === 'off') return undefined;
+    if (text === 'imds') return imds;
+    return wholeInRange(1, 1_000_000)(text);
+  };
+}
+
+function resourcePattern(text: string): string {
+  resource(text);
+  if (text.indexOf('*') !== -1 && text.indexOf('*') !== text.length - 1) throw new Error(`'${text}': * may only end a prefix`);
+  if (text === '*') throw new Error(`'*' allows everything: leave --allow-resource out instead`);
+  return text;
+}
+
 function fileMode(text: string): number {
   if (!/^0?[0-7]{3}$/.test(text)) throw new Error(`'${text}' is not an octal file mode (e.g. 0660)`);
   const mode = parseInt(text, 8);
@@ -330,6 +355,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'resource the readiness check asks for (HIMDS: challenge only, nothing minted)' },
   { flag: 'shutdown-timeout', key: 'shutdownTimeoutMs', value: 'DURATION', default: '10s', parse: parseDuration,
     help: 'on SIGTERM/SIGINT, in-flight requests get this long to finish' },
+  { flag: 'allow-resource', key: 'allowResource', value: 'RESOURCE', multiple: true, parse: resourcePattern,
+    help: 'only these resources (exact, or a prefix ending in *) get tokens; repeatable; default: all' },
+  { flag: 'rate-limit', key: 'rateLimit', value: 'off|imds|N', default: 'off', parse: limit(IMDS_RATE_LIMIT),
+    help: `token requests per second per listener, then 429 (imds: ${IMDS_RATE_LIMIT}, as Azure IMDS)` },
+  { flag: 'concurrency-limit', key: 'concurrencyLimit', value: 'off|imds|N', default: 'off', parse: limit(IMDS_CONCURRENCY_LIMIT),
+    help: `token requests in flight per listener, then 429 (imds: ${IMDS_CONCURRENCY_LIMIT}, as Azure IMDS)` },
+  { flag: 'max-connections', key: 'maxConnections', value: 'N', default: '1024', parse: wholeInRange(1, 1_000_000),
+    help: 'open connections per listener; more are closed at once' },
   { flag: 'socket-mode', key: 'socketMode', value: 'MODE', default: '0660', parse: fileMode,
     help: 'file mode of unix socket listeners: who can connect gets tokens' },
   { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,

@@ -18,8 +18,12 @@ export class NetnsSetupError extends Error {
   }
 }
 
-/** Whether HIMDS (or anything) accepts connections on 127.0.0.1:40342 in this namespace. */
-function himdsAnswersHere(): Promise<boolean> {
+/**
+ * Whether HIMDS (or anything) is listening on 127.0.0.1:40342 in this namespace. On loopback, nobody listening
+ * is an immediate error (ECONNREFUSED; ENETUNREACH while lo is down); a connect that hangs means a listener
+ * with a full backlog (a stuck HIMDS), so a timeout counts as "HIMDS is here": this check must fail safe.
+ */
+export function himdsAnswersHere(): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port: 40342 });
     const done = (yes: boolean) => {
@@ -28,7 +32,7 @@ function himdsAnswersHere(): Promise<boolean> {
     };
     socket.once('connect', () => done(true));
     socket.once('error', () => done(false));
-    socket.setTimeout(500, () => done(false));
+    socket.setTimeout(1000, () => done(true));
   });
 }
 

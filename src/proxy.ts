@@ -1,13 +1,16 @@
 // Wiring for `serve`: upstream client -> token fetch -> token cache -> request handler -> listeners, plus the
 // admin listener (metrics, health, readiness) and the shutdown sequence. Used by the CLI, the demo and tests,
 // so all of them run exactly the same pipeline.
-import type { ListenAddress, ServeConfig } from './config.js';
+import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js';
+import { himdsAnswersHere } from './netns.js';
 import { createAdminHandler } from './observability/admin.js';
 import { Audit } from './observability/audit.js';
 import { Readiness } from './observability/health.js';
 import type { Logger } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
-import { createRequestHandler, describeAddress, listenAll, type RunningServers } from './server.js';
+import { ListenerLimits } from './imds/limits.js';
+import { ResourcePolicy } from './imds/policy.js';
+import { createRequestHandler, describeAddress, ListenError, listenAll, type RunningServers } from './server.js';
 import { TokenCache } from './tokens/cache.js';
 import { UpstreamClient } from './upstream/client.js';
 import { TokenFetcher } from './upstream/token-fetch.js';
@@ -25,6 +28,17 @@ export interface RunningProxy {
 }
 
 export async function startProxy(config: ServeConfig, log: Logger): Promise<RunningProxy> {
+  // The configuration check catches a loopback upstream; this catches a sidecar (unix upstream) started in the
+  // host namespace by mistake: HIMDS answering on loopback here means this is the host.
+  const answersImds = config.listen.some((l) => l.kind === 'tcp' && l.host === IMDS_ADDRESS);
+  if (answersImds && !config.allowHostNetns && (await himdsAnswersHere())) {
+    throw new ListenError(
+      `refusing to listen on ${IMDS_ADDRESS}: HIMDS answers on 127.0.0.1:40342 here, so this is the host network ` +
+        'namespace, where answering it makes Arc onboarding fail. Run the sidecar in the application\'s network ' +
+        'namespace (--allow-host-netns overrides this for a private namespace)',
+      true,
+    );
+  }
   let tokens: TokenCache | undefined;
   let readiness: Readiness | undefined;
   const metrics = new Metrics(VERSION, {
@@ -56,14 +70,18 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   }, log);
   const audit = new Audit(log);
   const draining = { now: false };
-  const handler = createRequestHandler({ config, log, tokens, upstream, metrics, audit, draining });
+  const policy = new ResourcePolicy(config.allowResource);
+  // One handler per listener: each has its own limits.
+  const handlerFor = () =>
+    createRequestHandler({ config, log, tokens, upstream, metrics, audit, draining, policy, limits: new ListenerLimits(config) });
   const socketAccess = { mode: config.socketMode, gid: config.socketGroup };
 
   let servers: RunningServers | undefined;
   let admin: RunningServers | undefined;
   try {
-    servers = await listenAll(handler, config.listen, socketAccess);
-    if (config.adminListen) admin = await listenAll(createAdminHandler(metrics, readiness), [config.adminListen], socketAccess);
+    servers = await listenAll(handlerFor, config.listen, socketAccess, config.maxConnections);
+    const adminHandler = createAdminHandler(metrics, readiness);
+    if (config.adminListen) admin = await listenAll(() => adminHandler, [config.adminListen], socketAccess);
   } catch (err) {
     await servers?.close(0);
     await upstream.close();

@@ -15,12 +15,14 @@ import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js'
 import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
 import { gate, type GatedRequest } from './imds/gate.js';
 import { passThrough } from './imds/passthrough.js';
+import type { ListenerLimits } from './imds/limits.js';
+import type { ResourcePolicy } from './imds/policy.js';
 import { tokenRequestOf } from './imds/token-route.js';
 import type { Audit } from './observability/audit.js';
 import type { Logger } from './observability/log.js';
 import type { Metrics } from './observability/metrics.js';
 import type { TokenSource } from './tokens/cache.js';
-import { renderTokenResponse } from './tokens/token.js';
+import { renderTokenResponse, type TokenRequest } from './tokens/token.js';
 import { applySocketAccess, prepareSocketPath, removeSocket, SocketPathError } from './unix-socket.js';
 import type { UpstreamClient } from './upstream/client.js';
 
@@ -33,6 +35,9 @@ export interface ProxyDeps {
   readonly audit: Audit;
   /** Set when shutting down: answers then close their connection, so keep-alive clients move on. */
   readonly draining: { readonly now: boolean };
+  readonly policy: ResourcePolicy;
+  /** This listener's limits on the token route (each listener has its own). */
+  readonly limits: ListenerLimits;
 }
 
 /** The route label of a request the gate refused (or that matched no route). */
@@ -56,11 +61,22 @@ function respondError(res: ServerResponse, rendered: RenderedError, closeConnect
 }
 
 export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
-  const { log, tokens, upstream, config, metrics, audit, draining } = deps;
+  const { log, tokens, upstream, config, metrics, audit, draining, policy, limits } = deps;
 
   async function token(gated: GatedRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
     const request = tokenRequestOf(gated);
     if (request instanceof ImdsError) throw request;
+    if (!policy.allows(request.resource)) throw new ImdsError('resource_not_allowed');
+    if (!limits.enabled) return issue(request, req, res);
+    if (!limits.acquire()) throw new ImdsError('throttled', undefined, { retryAfter: '1' });
+    try {
+      return await issue(request, req, res);
+    } finally {
+      limits.release();
+    }
+  }
+
+  async function issue(request: TokenRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
     const started = performance.now();
     const { token: got, result } = await tokens.getToken(request, AbortSignal.timeout(config.requestTimeoutMs));
     metrics.cacheResults.inc({ result });
@@ -247,9 +263,10 @@ export interface RunningServers {
 
 /** Start one server per address; if any fails, close the ones already started and throw its ListenError. */
 export async function listenAll(
-  handler: http.RequestListener,
+  handlerFor: () => http.RequestListener,
   addresses: readonly ListenAddress[],
   access: SocketAccess,
+  maxConnections = 1024,
 ): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
@@ -272,7 +289,9 @@ export async function listenAll(
   };
   try {
     for (const address of addresses) {
-      const server = createImdsServer(handler);
+      const server = createImdsServer(handlerFor());
+      // Connections beyond the cap are closed at once: a flood cannot exhaust file descriptors or memory.
+      server.maxConnections = maxConnections;
       servers.push(server);
       bound.push(await listen(server, address, access));
     }

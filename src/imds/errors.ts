@@ -38,6 +38,10 @@ export const ERRORS = {
   // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
   token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE } },
   not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' } },
+  uri_too_long: { status: 414, body: { error: 'invalid_request', error_description: 'Request URL too long' } },
+  // IMDS's own throttling answer (identity endpoint: 20 req/s, 5 concurrent), when --rate-limit or
+  // --concurrency-limit is on.
+  throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' } },
 
   // --- the token route -------------------------------------------------------------------------------------
   resource_missing: { status: 400, body: { error: 'invalid_request', error_description: 'Required query variable \'resource\' is missing' } },
@@ -45,6 +49,8 @@ export const ERRORS = {
   bad_selector: { status: 400, body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' } },
   // Same text as IMDS: a 400 that clients treat as "this identity does not exist here".
   identity_not_found: { status: 400, body: { error: 'invalid_request', error_description: 'Identity not found' } },
+  // --allow-resource: final for the client (not retried), and says why.
+  resource_not_allowed: { status: 403, body: { error: 'invalid_request', error_description: 'This resource is not allowed by the proxy\'s --allow-resource policy' } },
 
   // --- upstream (HIMDS or a relay) -------------------------------------------------------------------------
   upstream_unavailable: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is unreachable or did not answer in time; retry later' }, detailed: true },

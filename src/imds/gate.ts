@@ -16,7 +16,12 @@ export interface GatedRequest {
 
 type Check = (req: IncomingMessage) => ImdsError | undefined;
 
+/** Longer request targets are refused before any parsing (node's own limit is the whole header block). */
+export const MAX_URL_LENGTH = 8192;
+
 const CHECKS: readonly Check[] = [
+  // 0. Bounded work per request, whatever else is wrong with it.
+  (req) => ((req.url ?? '').length > MAX_URL_LENGTH ? new ImdsError('uri_too_long') : undefined),
   // 1. IMDS answers GET only.
   (req) => (req.method === 'GET' ? undefined : new ImdsError('method_not_allowed')),
   // 2. IMDS refuses requests that were forwarded by a proxy: a guard against SSRF through HTTP proxies.

@@ -11,6 +11,8 @@ import { ChallengeError, parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
 
 export const TOKEN_PATH = '/metadata/identity/oauth2/token';
+/** Seconds; see parseToken. */
+const MAX_TOKEN_LIFETIME_S = 48 * 3600;
 /** Whole attempts, and the pause before each retry (ms, plus up to 50% jitter). */
 const RETRY_PAUSES_MS = [100, 400] as const;
 
@@ -164,6 +166,11 @@ export function parseToken(text: string, selector: Selector | undefined, nowSeco
   }
   if (expiresOn === undefined) throw new ImdsError('upstream_bad_response', 'token response has no usable expires_on or expires_in');
   if (expiresOn <= nowSeconds) throw new ImdsError('upstream_bad_response', 'token response is already expired');
+  // Managed identity tokens live about a day. One claiming far more is an upstream bug that clients would
+  // cache and reuse long after it stops working.
+  if (expiresOn > nowSeconds + MAX_TOKEN_LIFETIME_S) {
+    throw new ImdsError('upstream_bad_response', 'token response expires_on is absurdly far ahead (more than 48 h)');
+  }
 
   if (selector) {
     const echoed = body[selector.kind] ?? (selector.kind === 'msi_res_id' ? body.mi_res_id : undefined);
