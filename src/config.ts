@@ -66,6 +66,8 @@ export interface ServeConfig {
   readonly concurrencyLimit: number | undefined;
   /** Open connections per listener. */
   readonly maxConnections: number;
+  /** Slowloris: the header block must arrive within this. */
+  readonly headersTimeoutMs: number;
 }
 
 export interface EmulatorConfig {
@@ -363,6 +365,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: `token requests in flight per listener, then 429 (imds: ${IMDS_CONCURRENCY_LIMIT}, as Azure IMDS)` },
   { flag: 'max-connections', key: 'maxConnections', value: 'N', default: '1024', parse: wholeInRange(1, 1_000_000),
     help: 'open connections per listener; more are closed at once' },
+  { flag: 'headers-timeout', key: 'headersTimeoutMs', value: 'DURATION', default: '10s', parse: positiveDuration,
+    help: 'a client must send its request headers within this (slow senders are cut off)' },
   { flag: 'socket-mode', key: 'socketMode', value: 'MODE', default: '0660', parse: fileMode,
     help: 'file mode of unix socket listeners: who can connect gets tokens' },
   { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,

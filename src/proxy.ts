@@ -79,7 +79,10 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   let servers: RunningServers | undefined;
   let admin: RunningServers | undefined;
   try {
-    servers = await listenAll(handlerFor, config.listen, socketAccess, config.maxConnections);
+    servers = await listenAll(handlerFor, config.listen, socketAccess, {
+      maxConnections: config.maxConnections,
+      headersTimeoutMs: config.headersTimeoutMs,
+    });
     const adminHandler = createAdminHandler(metrics, readiness);
     if (config.adminListen) admin = await listenAll(() => adminHandler, [config.adminListen], socketAccess);
   } catch (err) {

@@ -239,18 +239,32 @@ export async function listen(server: http.Server, address: ListenAddress, access
   return typeof bound === 'object' && bound !== null ? { kind: 'tcp', host: address.host, port: bound.port } : address;
 }
 
-export function createImdsServer(handler: http.RequestListener): http.Server {
+export interface ServerLimits {
+  /** Connections per listener; more are closed at once. */
+  readonly maxConnections: number;
+  /** A client must have sent its whole header block within this (slowloris). */
+  readonly headersTimeoutMs: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: ServerLimits = { maxConnections: 1024, headersTimeoutMs: 10_000 };
+
+export function createImdsServer(handler: http.RequestListener, limits: ServerLimits = DEFAULT_SERVER_LIMITS): http.Server {
   const server = http.createServer(
     {
-      // Slow senders cannot hold a connection open forever; our own answer comes within --request-timeout.
-      headersTimeout: 10_000,
-      requestTimeout: 30_000,
+      // Slow senders cannot hold a connection open: the headers within --headers-timeout, the whole request
+      // within 30 s (our own answer comes within --request-timeout). Node checks these deadlines every
+      // connectionsCheckingInterval, so that interval follows the header deadline.
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: Math.max(30_000, limits.headersTimeoutMs + 1),
+      connectionsCheckingInterval: Math.min(1000, Math.max(50, Math.floor(limits.headersTimeoutMs / 4))),
       keepAliveTimeout: 5_000,
       maxHeaderSize: 16 * 1024,
     },
     handler,
   );
   server.maxHeadersCount = 100;
+  // Connections beyond the cap are closed at once: a flood cannot exhaust file descriptors or memory.
+  server.maxConnections = limits.maxConnections;
   server.on('clientError', onClientError);
   return server;
 }
@@ -266,7 +280,7 @@ export async function listenAll(
   handlerFor: () => http.RequestListener,
   addresses: readonly ListenAddress[],
   access: SocketAccess,
-  maxConnections = 1024,
+  limits: ServerLimits = DEFAULT_SERVER_LIMITS,
 ): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
@@ -289,9 +303,7 @@ export async function listenAll(
   };
   try {
     for (const address of addresses) {
-      const server = createImdsServer(handlerFor());
-      // Connections beyond the cap are closed at once: a flood cannot exhaust file descriptors or memory.
-      server.maxConnections = maxConnections;
+      const server = createImdsServer(handlerFor(), limits);
       servers.push(server);
       bound.push(await listen(server, address, access));
     }

@@ -138,7 +138,7 @@ const SERVE_FLAGS = [
   'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
   'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch',
   'admin-listen', 'readiness-interval', 'readiness-resource', 'shutdown-timeout', 'allow-resource', 'rate-limit',
-  'concurrency-limit', 'max-connections', 'socket-mode', 'socket-group',
+  'concurrency-limit', 'max-connections', 'headers-timeout', 'socket-mode', 'socket-group',
   'allow-host-netns', 'log-level',
 ];
 const EMULATOR_FLAGS = [
