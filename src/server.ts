@@ -78,7 +78,7 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
 
   async function issue(request: TokenRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
     const started = performance.now();
-    const { token: got, result } = await tokens.getToken(request, AbortSignal.timeout(config.requestTimeoutMs));
+    const { token: got, result } = await tokens.getToken(request);
     metrics.cacheResults.inc({ result });
     const client = req.socket.remoteAddress ?? 'unix';
     if (result === 'miss' || result === 'forced') {

@@ -6,6 +6,7 @@
 // Fault switches: latency, failing the next N requests, 503 during start-up, and going down (in process).
 // GET /__emulator/stats reports counters; POST /__emulator/faults (JSON) changes switches at run time.
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
@@ -126,12 +127,15 @@ export class HimdsEmulator {
   readonly #startedAt = Date.now();
   /** Aborted by close(): requests sleeping on --latency are dropped instead of holding the process. */
   readonly #closed = new AbortController();
+
   /** The machine's system-assigned identity. */
   readonly #systemIdentity: Identity = { clientId: randomUUID(), objectId: randomUUID(), resourceId: COMPUTE.resourceId };
   #address: TcpAddress | undefined;
 
   private constructor(options: EmulatorOptions) {
     this.options = options;
+    // Every request sleeping on --latency listens on #closed: any number may (not a listener leak).
+    setMaxListeners(0, this.#closed.signal);
     this.faults = {
       latencyMs: options.latencyMs,
       failNext: options.failNext,

@@ -27,7 +27,11 @@ export interface Served {
 
 /** Where tokens come from: the cache (or a bare fetch) answers the token route with this. */
 export interface TokenSource {
-  getToken(request: TokenRequest, signal: AbortSignal): Promise<Served>;
+  /**
+   * No per-request signal: a fetch serves every request waiting on its key and carries its own deadline
+   * (fetchTimeoutMs), and a hit must not pay for a timer.
+   */
+  getToken(request: TokenRequest): Promise<Served>;
 }
 
 export type FetchToken = (request: TokenRequest, signal: AbortSignal) => Promise<Token>;
@@ -141,7 +145,7 @@ export class TokenCache implements TokenSource {
     return earliest === undefined ? undefined : earliest - this.#clock.now() / 1000;
   }
 
-  async getToken(request: TokenRequest, _signal: AbortSignal): Promise<Served> {
+  async getToken(request: TokenRequest): Promise<Served> {
     const key = cacheKey(request);
     const now = this.#clock.now();
     const entry = this.#store.get(key);
@@ -161,7 +165,7 @@ export class TokenCache implements TokenSource {
   async prefetch(resources: readonly string[]): Promise<void> {
     await Promise.all(
       resources.map((resource) =>
-        this.getToken({ resource, selector: undefined, forceRefresh: false }, AbortSignal.timeout(this.#options.fetchTimeoutMs)).then(
+        this.getToken({ resource, selector: undefined, forceRefresh: false }).then(
           () => this.#log.info({ resource }, 'prefetched token'),
           (err: unknown) => this.#log.warn({ resource, err: (err as Error).message }, 'prefetch failed; the first request will fetch'),
         ),

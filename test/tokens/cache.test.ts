@@ -39,7 +39,6 @@ const log = createLogger('debug', { write: (l: string) => void logs.push(l) });
 const request = (resource = 'https://management.azure.com/', extra: Partial<TokenRequest> = {}): TokenRequest => ({
   resource, selector: undefined, forceRefresh: false, ...extra,
 });
-const signal = () => AbortSignal.timeout(10_000);
 const flush = () => new Promise((r) => setImmediate(r));
 
 function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
@@ -62,7 +61,7 @@ t.test('hits, misses and single-flight', async (t) => {
   let release!: () => void;
   up.plan.push(() => new Promise((resolve) => (release = () => resolve(up.token()))));
   const cache = cacheWith(clock, up.fetch);
-  const burst = Array.from({ length: 100 }, () => cache.getToken(request(), signal()));
+  const burst = Array.from({ length: 100 }, () => cache.getToken(request()));
   await flush();
   t.equal(up.calls.length, 1, '100 concurrent cold requests: one upstream fetch');
   release();
@@ -70,10 +69,10 @@ t.test('hits, misses and single-flight', async (t) => {
   t.equal(new Set(served.map((s) => s.token.accessToken)).size, 1, 'all got the same token');
   t.same(served.map((s) => s.result).filter((r) => r === 'miss'), ['miss'], 'one caused it');
   t.equal(served.filter((s) => s.result === 'coalesced').length, 99, 'the rest joined it');
-  const again = await cache.getToken(request(), signal());
+  const again = await cache.getToken(request());
   t.equal(again.result, 'hit');
   t.equal(up.calls.length, 1, 'a later request is a hit');
-  await cache.getToken(request('https://vault.azure.net'), signal());
+  await cache.getToken(request('https://vault.azure.net'));
   t.equal(up.calls.length, 2, 'another resource is another key');
 });
 
@@ -81,17 +80,17 @@ t.test('refresh ahead: at half life for long tokens, in the background, with jit
   const clock = new FakeClock();
   const up = scriptedFetch(clock, 24 * HOUR);
   const cache = cacheWith(clock, up.fetch);
-  const first = await cache.getToken(request(), signal());
+  const first = await cache.getToken(request());
   clock.advance(12 * HOUR - 1000);
-  t.equal((await cache.getToken(request(), signal())).result, 'hit', 'before half life: a plain hit');
+  t.equal((await cache.getToken(request())).result, 'hit', 'before half life: a plain hit');
   t.equal(up.calls.length, 1);
   clock.advance(1000);
-  const during = await cache.getToken(request(), signal());
+  const during = await cache.getToken(request());
   t.equal(during.token.accessToken, first.token.accessToken, 'at half life the cached token is still served at once');
   t.equal(during.result, 'refreshing');
   t.equal(up.calls.length, 2, 'and a refresh started');
   await flush();
-  const after = await cache.getToken(request(), signal());
+  const after = await cache.getToken(request());
   t.not(after.token.accessToken, first.token.accessToken, 'the refreshed token is served next');
   t.equal(after.result, 'hit');
 
@@ -111,31 +110,31 @@ t.test('serving through an outage, until min-remaining', async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock, HOUR);
   const cache = cacheWith(clock, up.fetch);
-  const first = await cache.getToken(request(), signal());
+  const first = await cache.getToken(request());
   const down = () => Promise.reject(new ImdsError('upstream_unavailable', 'connection refused'));
   for (let i = 0; i < 20; i++) up.plan.push(down);
 
   clock.advance(30 * MIN);
-  t.equal((await cache.getToken(request(), signal())).token.accessToken, first.token.accessToken, 'refresh due: cached token served');
+  t.equal((await cache.getToken(request())).token.accessToken, first.token.accessToken, 'refresh due: cached token served');
   await flush();
   t.equal(up.calls.length, 2, 'the refresh failed');
   const afterFailure = up.calls.length;
   clock.advance(1000);
-  await cache.getToken(request(), signal());
+  await cache.getToken(request());
   t.equal(up.calls.length, afterFailure, 'no retry before the backoff has passed (no hammering on every request)');
   clock.advance(10_000);
-  await cache.getToken(request(), signal());
+  await cache.getToken(request());
   await flush();
   t.equal(up.calls.length, afterFailure + 1, 'retried after the backoff');
 
   clock.ms = START + HOUR - 5 * MIN - 1;
-  const last = await cache.getToken(request(), signal());
+  const last = await cache.getToken(request());
   t.equal(last.token.accessToken, first.token.accessToken, 'still served with just over min-remaining left');
   await flush();
   clock.ms = START + HOUR - 5 * MIN + 1000;
-  await t.rejects(cache.getToken(request(), signal()), { code: 'upstream_unavailable' }, 'past min-remaining: the upstream error (a 503)');
+  await t.rejects(cache.getToken(request()), { code: 'upstream_unavailable' }, 'past min-remaining: the upstream error (a 503)');
   up.plan.length = 0;
-  const recovered = await cache.getToken(request(), signal());
+  const recovered = await cache.getToken(request());
   t.not(recovered.token.accessToken, first.token.accessToken, 'and a fresh token once upstream is back');
   t.match(logs.join(''), /background token refresh failed; serving the cached token meanwhile/);
 });
@@ -144,10 +143,10 @@ t.test('never serve past expires_on, whatever min-remaining says', async (t) => 
   const clock = new FakeClock();
   const up = scriptedFetch(clock, HOUR);
   const cache = cacheWith(clock, up.fetch, { minRemainingMs: 0 });
-  const first = await cache.getToken(request(), signal());
+  const first = await cache.getToken(request());
   up.plan.push(() => Promise.reject(new ImdsError('upstream_unavailable')), () => Promise.reject(new ImdsError('upstream_unavailable')));
   clock.ms = first.token.expiresOn * 1000 + 1;
-  await t.rejects(cache.getToken(request(), signal()), { code: 'upstream_unavailable' });
+  await t.rejects(cache.getToken(request()), { code: 'upstream_unavailable' });
 });
 
 t.test('a token arriving with less than min-remaining goes to its requesters only', async (t) => {
@@ -155,10 +154,10 @@ t.test('a token arriving with less than min-remaining goes to its requesters onl
   const up = scriptedFetch(clock);
   up.plan.push(async () => up.token(2 * MIN));
   const cache = cacheWith(clock, up.fetch);
-  const short = await cache.getToken(request(), signal());
+  const short = await cache.getToken(request());
   t.equal(short.result, 'miss', 'the requester gets it');
   t.equal(cache.size, 0, 'not cached');
-  const next = await cache.getToken(request(), signal());
+  const next = await cache.getToken(request());
   t.not(next.token.accessToken, short.token.accessToken, 'the next request fetches again');
   t.equal(up.calls.length, 2);
 });
@@ -167,20 +166,20 @@ t.test('forced refresh, limited per key', async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock);
   const cache = cacheWith(clock, up.fetch);
-  const first = await cache.getToken(request(), signal());
-  const tooSoon = await cache.getToken(request(undefined, { forceRefresh: true }), signal());
+  const first = await cache.getToken(request());
+  const tooSoon = await cache.getToken(request(undefined, { forceRefresh: true }));
   t.equal(tooSoon.token.accessToken, first.token.accessToken, 'within 30 s of the last fetch: the newest token');
   t.equal(up.calls.length, 1);
   clock.advance(30_000);
-  const forced = await cache.getToken(request(undefined, { forceRefresh: true }), signal());
+  const forced = await cache.getToken(request(undefined, { forceRefresh: true }));
   t.equal(forced.result, 'forced');
   t.not(forced.token.accessToken, first.token.accessToken);
   t.equal(up.calls.length, 2);
-  const burst = await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }), signal())));
+  const burst = await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
   t.equal(up.calls.length, 2, 'a burst of forced refreshes right after one: no fetch');
   t.ok(burst.every((s) => s.token.accessToken === forced.token.accessToken), 'they get the newest token');
   clock.advance(30_000);
-  await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }), signal())));
+  await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
   t.equal(up.calls.length, 3, 'a concurrent burst after the window: one fetch');
 });
 
@@ -190,11 +189,11 @@ t.test('no error caching', async (t) => {
   let fail!: () => void;
   up.plan.push(() => new Promise((_, reject) => (fail = () => reject(new ImdsError('upstream_busy')))));
   const cache = cacheWith(clock, up.fetch);
-  const waiting = Array.from({ length: 5 }, () => cache.getToken(request(), signal()));
+  const waiting = Array.from({ length: 5 }, () => cache.getToken(request()));
   await flush();
   fail();
   for (const w of waiting) await t.rejects(w, { code: 'upstream_busy' }, 'every waiter gets the failure');
-  const next = await cache.getToken(request(), signal());
+  const next = await cache.getToken(request());
   t.equal(next.result, 'miss', 'the next request tries again at once');
   t.equal(up.calls.length, 2);
 });
@@ -203,14 +202,14 @@ t.test('bounded: least recently used evicted', async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock);
   const cache = cacheWith(clock, up.fetch, { maxEntries: 2 });
-  await cache.getToken(request('a'), signal());
-  await cache.getToken(request('b'), signal());
-  await cache.getToken(request('a'), signal());
-  await cache.getToken(request('c'), signal());
+  await cache.getToken(request('a'));
+  await cache.getToken(request('b'));
+  await cache.getToken(request('a'));
+  await cache.getToken(request('c'));
   t.equal(cache.size, 2);
   t.equal(up.calls.length, 3);
-  t.equal((await cache.getToken(request('a'), signal())).result, 'hit', 'recently used a kept');
-  t.equal((await cache.getToken(request('b'), signal())).result, 'miss', 'least recently used b evicted');
+  t.equal((await cache.getToken(request('a'))).result, 'hit', 'recently used a kept');
+  t.equal((await cache.getToken(request('b'))).result, 'miss', 'least recently used b evicted');
 });
 
 t.test('upstream concurrency is bounded; the rest queue', async (t) => {
@@ -230,7 +229,7 @@ t.test('upstream concurrency is bounded; the rest queue', async (t) => {
       up.calls.push(r);
     });
   const cache = cacheWith(clock, fetch, { upstreamConcurrency: 4 });
-  const all = Array.from({ length: 50 }, (_, i) => cache.getToken(request(`r${i}`), signal()));
+  const all = Array.from({ length: 50 }, (_, i) => cache.getToken(request(`r${i}`)));
   for (let served = 0; served < 50; ) {
     await flush();
     const batch = releases.splice(0);
@@ -248,7 +247,7 @@ t.test('prefetch warms the cache and survives failures', async (t) => {
   up.plan.push(async () => up.token(), () => Promise.reject(new ImdsError('upstream_unavailable')));
   const cache = cacheWith(clock, up.fetch);
   await cache.prefetch(['a', 'b']);
-  t.equal((await cache.getToken(request('a'), signal())).result, 'hit');
-  t.equal((await cache.getToken(request('b'), signal())).result, 'miss', 'a failed prefetch just means a miss later');
+  t.equal((await cache.getToken(request('a'))).result, 'hit');
+  t.equal((await cache.getToken(request('b'))).result, 'miss', 'a failed prefetch just means a miss later');
   t.match(logs.join(''), /prefetch failed/);
 });
