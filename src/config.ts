@@ -169,10 +169,15 @@ const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /** Plain seconds, or a number with `ms`/`s`/`m`/`h`: `5`, `5s`, `500ms`, `5m`. Returns milliseconds. */
+/** Node timers hold at most 2^31-1 ms (about 24.8 days); longer ones fire at once. */
+const MAX_DURATION_MS = 2 ** 31 - 1;
+
 export function parseDuration(text: string): number {
   const m = DURATION.exec(text.trim());
   if (!m) throw new Error(`'${text}' is not a duration (e.g. 5, 5s, 500ms, 5m, 1h)`);
-  return Math.round(Number(m[1]) * UNIT_MS[m[2] ?? 's']!);
+  const ms = Math.round(Number(m[1]) * UNIT_MS[m[2] ?? 's']!);
+  if (ms > MAX_DURATION_MS) throw new Error(`'${text}' is too long (at most 24 days)`);
+  return ms;
 }
 
 function parseApiVersion(text: string): string {
@@ -558,6 +563,22 @@ export interface ProbeConfig {
 
 export function parseProbe(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<ProbeConfig> {
   const { config, problems, help } = parseOptions(PROBE_OPTIONS, argv, env);
+  // In the same container as `serve`, the probe follows its ARC_IMDS_ADMIN_LISTEN unless told otherwise.
+  const urlGiven = argv.some((a) => a === '--url' || a.startsWith('--url=')) || (env[envName('url')] ?? '') !== '';
+  const admin = env[envName('admin-listen')];
+  if (!urlGiven && admin && admin !== 'off') {
+    try {
+      const address = parseListenAddress(admin);
+      if (address.kind === 'tcp') {
+        const host = address.host === '0.0.0.0' ? '127.0.0.1' : address.host === '::' ? '::1' : address.host;
+        config.url = `http://${host.includes(':') ? `[${host}]` : host}:${address.port}/readyz`;
+      } else {
+        problems.push(`${envName('admin-listen')}: the probe cannot reach a unix socket; give --url`);
+      }
+    } catch (err) {
+      problems.push(`${envName('admin-listen')}: ${(err as Error).message}`);
+    }
+  }
   return finish(config, problems, help);
 }
 

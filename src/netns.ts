@@ -2,9 +2,9 @@
 // container (or `ip netns exec`) before the sidecar starts. Idempotent. It refuses to run where HIMDS answers
 // on loopback: that is the host's network namespace, where 169.254.169.254 must never be answered.
 import { execFile } from 'node:child_process';
-import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import type { NetnsSetupConfig } from './config.js';
+import { somethingListens } from './listener-probe.js';
 
 const run = promisify(execFile);
 
@@ -18,22 +18,9 @@ export class NetnsSetupError extends Error {
   }
 }
 
-/**
- * Whether HIMDS (or anything) is listening on 127.0.0.1:40342 in this namespace. On loopback, nobody listening
- * is an immediate error (ECONNREFUSED; ENETUNREACH while lo is down); a connect that hangs means a listener
- * with a full backlog (a stuck HIMDS), so a timeout counts as "HIMDS is here": this check must fail safe.
- */
+/** Whether HIMDS (or anything) listens on 127.0.0.1:40342 in this namespace: then it is the host's. */
 export function himdsAnswersHere(): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port: 40342 });
-    const done = (yes: boolean) => {
-      socket.destroy();
-      resolve(yes);
-    };
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-    socket.setTimeout(1000, () => done(true));
-  });
+  return somethingListens({ host: '127.0.0.1', port: 40342 });
 }
 
 async function ip(args: string[]): Promise<string> {

@@ -23,7 +23,8 @@ import type { Logger } from './observability/log.js';
 import type { Metrics } from './observability/metrics.js';
 import type { TokenSource } from './tokens/cache.js';
 import { renderTokenResponse, type TokenRequest } from './tokens/token.js';
-import { applySocketAccess, prepareSocketPath, removeSocket, SocketPathError } from './unix-socket.js';
+import { unlink } from 'node:fs/promises';
+import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
 import type { UpstreamClient } from './upstream/client.js';
 
 export interface ProxyDeps {
@@ -55,10 +56,6 @@ function respond(res: ServerResponse, status: number, body: string, retryAfter?:
   res.end(body);
 }
 
-function respondError(res: ServerResponse, rendered: RenderedError, closeConnection = false): void {
-  if (closeConnection) res.shouldKeepAlive = false;
-  respond(res, rendered.status, rendered.body, rendered.retryAfter);
-}
 
 export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { log, tokens, upstream, config, metrics, audit, draining, policy, limits } = deps;
@@ -67,10 +64,15 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
     const request = tokenRequestOf(gated);
     if (request instanceof ImdsError) throw request;
     if (!policy.allows(request.resource)) throw new ImdsError('resource_not_allowed');
-    if (!limits.enabled) return issue(request, req, res);
+    return limited(() => issue(request, req, res));
+  }
+
+  /** Run under this listener's limits, when they are on (IMDS's 429 otherwise). */
+  async function limited(work: () => Promise<number>): Promise<number> {
+    if (!limits.enabled) return work();
     if (!limits.acquire()) throw new ImdsError('throttled', undefined, { retryAfter: '1' });
     try {
-      return await issue(request, req, res);
+      return await work();
     } finally {
       limits.release();
     }
@@ -89,15 +91,21 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
       );
     }
     audit.served(client, request.resource, request.selector);
-    respond(res, 200, renderTokenResponse(got, request.resource, Date.now() / 1000));
+    send(res, 200, renderTokenResponse(got, request, Date.now() / 1000));
     return 200;
   }
 
   async function metadata(gated: GatedRequest, _req: IncomingMessage, res: ServerResponse): Promise<number> {
-    return passThrough(gated, res, upstream, config.himdsApiVersion, AbortSignal.timeout(config.requestTimeoutMs));
+    return limited(() => passThrough(gated, res, upstream, config.himdsApiVersion, AbortSignal.timeout(config.requestTimeoutMs), draining));
   }
 
   const ROUTES = { token, instance: metadata, identity_info: metadata } as const;
+
+  /** Every answer of this handler. While draining, it closes its connection so keep-alive clients move on. */
+  function send(res: ServerResponse, status: number, body: string, retryAfter?: string): void {
+    if (draining.now) res.shouldKeepAlive = false;
+    respond(res, status, body, retryAfter);
+  }
 
   function finished(route: string, status: number, started: number): void {
     metrics.requests.inc({ route, code: status });
@@ -106,12 +114,12 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
 
   return function handle(req, res) {
     const started = performance.now();
-    if (draining.now) res.shouldKeepAlive = false;
     const gated = gate(req);
     if (gated instanceof ImdsError) {
       const rendered = renderImdsError(gated);
       // A request that carried a body is not read: close the connection rather than parse what follows it.
-      respondError(res, rendered, gated.code === 'request_body');
+      if (gated.code === 'request_body') res.shouldKeepAlive = false;
+      send(res, rendered.status, rendered.body, rendered.retryAfter);
       finished(NO_ROUTE, rendered.status, started);
       log.debug({ method: req.method, url: req.url, status: rendered.status, code: gated.code }, 'rejected');
       return;
@@ -135,7 +143,7 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
           log.error({ url: req.url, err }, 'unexpected error');
           rendered = renderError('internal');
         }
-        respondError(res, rendered);
+        send(res, rendered.status, rendered.body, rendered.retryAfter);
         finished(gated.route, rendered.status, started);
       },
     );
@@ -207,7 +215,13 @@ export interface SocketAccess {
   readonly gid: number | undefined;
 }
 
-export async function listen(server: http.Server, address: ListenAddress, access: SocketAccess): Promise<ListenAddress> {
+/** Listen; for a unix socket, also who owns the file now (so shutdown removes only ours). */
+export async function listen(
+  server: http.Server,
+  address: ListenAddress,
+  access: SocketAccess,
+): Promise<{ bound: ListenAddress; socket?: SocketIdentity }> {
+  const staged = address.kind === 'unix' ? stagingPath(address.path) : '';
   try {
     if (address.kind === 'unix') await prepareSocketPath(address.path);
     await new Promise<void>((resolve, reject) => {
@@ -220,7 +234,7 @@ export async function listen(server: http.Server, address: ListenAddress, access
         // Nobody else may connect between bind() and the chmod below: bind happens inside this call.
         const umask = process.umask(0o177);
         try {
-          server.listen({ path: address.path, exclusive: true }, done);
+          server.listen({ path: staged, exclusive: true }, done);
         } finally {
           process.umask(umask);
         }
@@ -229,14 +243,17 @@ export async function listen(server: http.Server, address: ListenAddress, access
       }
     });
     if (address.kind === 'unix') {
-      await applySocketAccess(address.path, access.mode, access.gid);
-      return address;
+      await applySocketAccess(staged, address.path, access.mode, access.gid);
+      return { bound: address, socket: await socketIdentity(address.path) };
     }
   } catch (err) {
+    // Bound but not usable (e.g. the group could not be set): do not leave it listening, or its file behind.
+    if (server.listening) server.close();
+    if (staged && staged !== (address as { path?: string }).path) await unlink(staged).catch(() => undefined);
     throw listenError(err as NodeJS.ErrnoException, address);
   }
   const bound = server.address();
-  return typeof bound === 'object' && bound !== null ? { kind: 'tcp', host: address.host, port: bound.port } : address;
+  return { bound: typeof bound === 'object' && bound !== null ? { kind: 'tcp', host: address.host, port: bound.port } : address };
 }
 
 export interface ServerLimits {
@@ -262,7 +279,6 @@ export function createImdsServer(handler: http.RequestListener, limits: ServerLi
     },
     handler,
   );
-  server.maxHeadersCount = 100;
   // Connections beyond the cap are closed at once: a flood cannot exhaust file descriptors or memory.
   server.maxConnections = limits.maxConnections;
   server.on('clientError', onClientError);
@@ -284,6 +300,7 @@ export async function listenAll(
 ): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
+  const sockets: SocketIdentity[] = [];
   const close = async (graceMs: number) => {
     await Promise.all(
       servers.map(
@@ -298,14 +315,16 @@ export async function listenAll(
           }),
       ),
     );
-    // Ours only: a listener that failed to start never got as far as owning its path.
-    for (const address of bound) if (address.kind === 'unix') await removeSocket(address.path);
+    // Ours only: a listener that failed to start never owned its path, and a successor may own it now.
+    for (const socket of sockets) await removeSocket(socket);
   };
   try {
     for (const address of addresses) {
       const server = createImdsServer(handlerFor(), limits);
       servers.push(server);
-      bound.push(await listen(server, address, access));
+      const result = await listen(server, address, access);
+      bound.push(result.bound);
+      if (result.socket) sockets.push(result.socket);
     }
   } catch (err) {
     servers.pop();

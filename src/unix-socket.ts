@@ -2,29 +2,16 @@
 // must be managed around it: a parent directory to create, a stale file from a crashed run to remove (but
 // never a live server's socket, and never anything that is not a socket), and the file's mode and group,
 // which decide who can connect, and so who gets tokens.
-import { connect } from 'node:net';
-import { chmod, chown, lstat, mkdir, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, lstat, mkdir, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { somethingListens } from './listener-probe.js';
 
 export class SocketPathError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'SocketPathError';
   }
-}
-
-/** Resolves true when something accepts connections on the socket (within 1 s). */
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(socketPath);
-    const done = (alive: boolean) => {
-      socket.destroy();
-      resolve(alive);
-    };
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-    socket.setTimeout(1000, () => done(true)); // accepted into a backlog nobody serves: still someone's
-  });
 }
 
 /** Make the path ready for listen(): parent directory, and no stale socket in the way. */
@@ -38,20 +25,52 @@ export async function prepareSocketPath(socketPath: string): Promise<void> {
   if (!existing.isSocket()) {
     throw new SocketPathError("the path exists and is not a socket; refusing to replace it");
   }
-  if (await answers(socketPath)) {
+  if (await somethingListens({ path: socketPath })) {
     throw new SocketPathError("another server is listening on it; refusing to take it over");
   }
   await unlink(socketPath); // stale: left by a process that is gone
 }
 
-/** Restrict who may connect. Called right after listen(), before anything is served. */
-export async function applySocketAccess(socketPath: string, mode: number, gid: number | undefined): Promise<void> {
-  if (gid !== undefined) await chown(socketPath, -1, gid);
-  await chmod(socketPath, mode);
+/** Restrict who may connect, then move the socket into place. Called right after listen(), before serving. */
+export async function applySocketAccess(staged: string, socketPath: string, mode: number, gid: number | undefined): Promise<void> {
+  if (gid !== undefined) await chown(staged, -1, gid);
+  await chmod(staged, mode);
+  if (staged !== socketPath) await rename(staged, socketPath);
 }
 
-export async function removeSocket(socketPath: string): Promise<void> {
-  await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
-  });
+/**
+ * Where to bind before moving the socket into place. libuv unlinks the path it bound when the server closes,
+ * whoever owns that path by then; binding to a private name and renaming it into place means libuv only ever
+ * removes that name, so a successor's socket at the real path survives our shutdown. The rename also swaps
+ * the socket in atomically, already carrying its mode and group.
+ */
+export function stagingPath(socketPath: string): string {
+  const staged = path.join(path.dirname(socketPath), `.${path.basename(socketPath)}.${process.pid}.${randomBytes(3).toString('hex')}`);
+  // sun_path is 108 bytes: where the longer name does not fit, bind in place (and lose only that guarantee).
+  return Buffer.byteLength(staged) <= 107 ? staged : socketPath;
+}
+
+/** Which file a socket path is, right after we bound it. */
+export interface SocketIdentity {
+  readonly path: string;
+  readonly dev: number;
+  readonly ino: number;
+}
+
+export async function socketIdentity(socketPath: string): Promise<SocketIdentity> {
+  const { dev, ino } = await lstat(socketPath);
+  return { path: socketPath, dev, ino };
+}
+
+/**
+ * Remove our socket file on shutdown, and only ours: a relay started on the same path while this one drained
+ * (libuv unlinks the path when closing begins, so it may) has a new file there, which must stay.
+ */
+export async function removeSocket(identity: SocketIdentity): Promise<void> {
+  const now = await lstat(identity.path).catch(() => undefined);
+  if (now && now.dev === identity.dev && now.ino === identity.ino) {
+    await unlink(identity.path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
 }

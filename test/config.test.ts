@@ -20,6 +20,8 @@ t.test('durations', async (t) => {
   t.equal(parseDuration('250ms'), 250);
   t.equal(parseDuration('1.5s'), 1500);
   for (const bad of ['', 'm', '5 m', '-5s', '5d', '1e3']) t.throws(() => parseDuration(bad), `'${bad}' refused`);
+  t.equal(parseDuration('24d'.replace('d', '') + 'h'), 86_400_000);
+  t.throws(() => parseDuration('600h'), /too long \(at most 24 days\)/, 'longer than a Node timer can hold');
 });
 
 t.test('addresses', async (t) => {
@@ -104,4 +106,14 @@ t.test('socket options', async (t) => {
   t.equal(parseServe([...base, '--socket-group', '4242'], {}).config.socketGroup, 4242);
   t.match(problemsOf([...base, '--socket-mode', '0777', '--socket-group', 'no-such-group-here']), [/execute bits/, /no such group/]);
   t.match(problemsOf([...base, '--socket-mode', '999']), [/not an octal file mode/]);
+});
+
+t.test('probe follows ARC_IMDS_ADMIN_LISTEN unless told otherwise', async (t) => {
+  const { parseProbe } = await import('../src/config.js');
+  t.equal(parseProbe([], {}).config.url, 'http://127.0.0.1:9464/readyz', 'the default admin address');
+  t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:9500/readyz', 'all interfaces: ask loopback');
+  t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '[::]:9500' }).config.url, 'http://[::1]:9500/readyz');
+  t.equal(parseProbe(['--url', 'http://127.0.0.1:1'], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:1/readyz', '--url wins');
+  t.equal(parseProbe([], { ARC_IMDS_URL: 'http://127.0.0.1:2/readyz', ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:2/readyz');
+  t.throws(() => parseProbe([], { ARC_IMDS_ADMIN_LISTEN: 'unix:/run/a.sock' }), /cannot reach a unix socket/);
 });

@@ -28,7 +28,7 @@ async function relay(socket: string, upstream: string, tokensDir: string, extra:
 }
 
 async function sidecar(t: Test, socket: string): Promise<{ url: string; proxy: RunningProxy }> {
-  const { config } = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--tokens-dir', '/nonexistent/tokens', '--upstream-timeout', '1s', '--admin-listen', 'off'], {});
+  const { config } = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--tokens-dir', '/nonexistent/tokens', '--upstream-timeout', '1s', '--admin-listen', 'off', '--force-refresh-interval', '0'], {});
   const proxy = await startProxy(config, quiet);
   t.teardown(() => proxy.close());
   const bound = proxy.addresses[0]!;
@@ -48,7 +48,7 @@ t.test('sidecar -> unix socket -> relay -> HIMDS emulator', async (t) => {
   await theRelay.close();
   t.pass('close() is idempotent');
   await t.rejects(stat(socket), { code: 'ENOENT' }, 'and removes the socket');
-  const relayAgain = await relay(socket, himds.emulator.url, himds.tokensDir);
+  const relayAgain = await relay(socket, himds.emulator.url, himds.tokensDir, ['--force-refresh-interval', '0']);
   t.teardown(() => relayAgain.close());
   t.equal(info.mode & 0o777, 0o660, 'mode 0660 by default');
 
@@ -62,6 +62,21 @@ t.test('sidecar -> unix socket -> relay -> HIMDS emulator', async (t) => {
 
   for (let i = 0; i < 5; i++) await get(`${side.url}${armTokenPath()}`);
   t.equal(himds.emulator.stats().tokensIssued, 1, 'both hops cache');
+
+  // User-assigned identities through both hops: the sidecar accepts a token only with the identity echoed.
+  for (const [param, value] of [
+    ['client_id', '5d2a8c3e-3e4b-4c2a-9a7e-1f2d3c4b5a69'],
+    ['object_id', '9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'],
+    ['msi_res_id', '/subscriptions/0/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app'],
+  ] as const) {
+    const ua = await get(`${side.url}${armTokenPath(`&${param}=${encodeURIComponent(value)}`)}`);
+    t.equal(ua.status, 200, `user-assigned by ${param} through the relay`);
+  }
+  // A forced refresh at the sidecar reaches HIMDS through the relay (which applies its own interval: 0 here).
+  const issued = himds.emulator.stats().tokensIssued;
+  const forced = await get(`${side.url}${armTokenPath('&bypass_cache=true')}`);
+  t.equal(forced.status, 200);
+  t.equal(himds.emulator.stats().tokensIssued, issued + 1, 'bypass_cache crossed both hops');
 
   t.test('the sidecar keeps serving while the relay is gone, and recovers when it is back', async (t) => {
     await relayAgain.close();
@@ -101,6 +116,36 @@ t.test('socket files: stale ones are replaced, live ones and other files are not
   await writeFile(file, 'precious');
   await t.rejects(relay(file, 'http://127.0.0.1:9', dir), /exists and is not a socket/);
   t.equal(await readFile(file, 'utf8'), 'precious', 'a regular file is never removed');
+});
+
+t.test('shutdown removes only its own socket, not a successor\'s on the same path', async (t) => {
+  const dir = await tempDir(t);
+  const socket = path.join(dir, 'imds.sock');
+  const old = await relay(socket, 'http://127.0.0.1:9', dir);
+  // A successor takes the path (as it may once the old relay has started closing).
+  await rm(socket);
+  const successor = await relay(socket, 'http://127.0.0.1:9', dir);
+  t.teardown(() => successor.close());
+  const theirs = await stat(socket);
+  await old.close();
+  const after = await stat(socket).catch(() => undefined);
+  t.ok(after?.isSocket(), 'the successor\'s socket is still there');
+  t.equal(after?.ino, theirs.ino, 'the same file');
+  await successor.close();
+  await t.rejects(stat(socket), { code: 'ENOENT' }, 'and the successor removes its own');
+});
+
+t.test('a relay\'s --allow-resource refusal reaches the client as a final 403, not a retried 5xx', async (t) => {
+  const dir = await tempDir(t);
+  const himds = await startStack();
+  t.teardown(himds.close);
+  const socket = path.join(dir, 'imds.sock');
+  const strict = await relay(socket, himds.emulator.url, himds.tokensDir, ['--allow-resource', 'https://management.azure.com/']);
+  t.teardown(() => strict.close());
+  const side = await sidecar(t, socket);
+  const refused = await get(`${side.url}${tokenPath('api-version=2018-02-01&resource=https://graph.microsoft.com')}`);
+  t.equal(refused.status, 403);
+  t.equal(refused.json.error_description, "This resource is not allowed by the proxy's --allow-resource policy");
 });
 
 t.test('socket mode and group', async (t) => {

@@ -39,6 +39,7 @@ export const ERRORS = {
   token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE } },
   not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' } },
   uri_too_long: { status: 414, body: { error: 'invalid_request', error_description: 'Request URL too long' } },
+  too_many_headers: { status: 431, body: { error: 'invalid_request', error_description: 'Too many request headers' } },
   // IMDS's own throttling answer (identity endpoint: 20 req/s, 5 concurrent), when --rate-limit or
   // --concurrency-limit is on.
   throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' } },

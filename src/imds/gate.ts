@@ -18,10 +18,16 @@ type Check = (req: IncomingMessage) => ImdsError | undefined;
 
 /** Longer request targets are refused before any parsing (node's own limit is the whole header block). */
 export const MAX_URL_LENGTH = 8192;
+/**
+ * More headers are refused. Checked here rather than with server.maxHeadersCount, which Node 20 applies by
+ * silently dropping the excess and Node 24 by answering 431: the same request must get the same answer.
+ */
+export const MAX_HEADERS = 100;
 
 const CHECKS: readonly Check[] = [
   // 0. Bounded work per request, whatever else is wrong with it.
   (req) => ((req.url ?? '').length > MAX_URL_LENGTH ? new ImdsError('uri_too_long') : undefined),
+  (req) => (req.rawHeaders.length > 2 * MAX_HEADERS ? new ImdsError('too_many_headers') : undefined),
   // 1. IMDS answers GET only.
   (req) => (req.method === 'GET' ? undefined : new ImdsError('method_not_allowed')),
   // 2. IMDS refuses requests that were forwarded by a proxy: a guard against SSRF through HTTP proxies.

@@ -24,6 +24,7 @@ export async function passThrough(
   upstream: UpstreamClient,
   apiVersion: string,
   signal: AbortSignal,
+  draining: { readonly now: boolean },
 ): Promise<number> {
   const response = await upstream.open(passthroughPath(gated, apiVersion), { Metadata: 'true' }, signal);
   const headers: Record<string, string> = {};
@@ -31,6 +32,7 @@ export async function passThrough(
     const v = response.headers[name];
     if (typeof v === 'string') headers[name] = v;
   }
+  if (draining.now) res.shouldKeepAlive = false;
   res.writeHead(response.statusCode, headers);
   try {
     await pipeline(response.body, res);

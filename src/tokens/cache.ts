@@ -14,6 +14,7 @@
 // stops being servable. Its fetch() is not used: its stale-while-revalidate cannot express "serve only while
 // min-remaining holds" or back off after a failed refresh, so single-flight is the small map below.
 import { LRUCache } from 'lru-cache';
+import { ImdsError } from '../imds/errors.js';
 import type { Logger } from '../observability/log.js';
 import type { Token, TokenRequest } from './token.js';
 
@@ -127,7 +128,9 @@ export class TokenCache implements TokenSource {
     });
   }
 
+  /** Servable tokens cached now (expired entries are dropped first: this is for scrapes, not the hot path). */
   get size(): number {
+    this.#store.purgeStale();
     return this.#store.size;
   }
 
@@ -190,6 +193,8 @@ export class TokenCache implements TokenSource {
     const fetching = (async () => {
       await this.#slots.acquire();
       try {
+        // Waited in the queue past its deadline: do not start an upstream request nobody can use.
+        if (signal.aborted) throw new ImdsError('upstream_unavailable', 'no upstream slot became free in time');
         const token = await this.#fetchToken(request, signal);
         this.#store_(key, token);
         return token;

@@ -24,27 +24,31 @@ export interface Token {
   readonly tokenType: string;
   /** From the JWT's appid/azp claim, else the upstream's echo, else "". */
   readonly clientId: string;
-  /** Pre-rendered JSON up to expires_in, so serving a token is string concatenation. */
+  /** Pre-rendered JSON up to expires_in, and from not_before up to resource: serving is concatenation. */
   readonly head: string;
+  readonly middle: string;
+  readonly tail: string;
 }
 
-export function makeToken(fields: Omit<Token, 'head'>): Token {
+export function makeToken(fields: Omit<Token, 'head' | 'middle' | 'tail'>): Token {
   // Field order as real IMDS sends it.
   const head = `{"access_token":${JSON.stringify(fields.accessToken)},"client_id":${JSON.stringify(fields.clientId)},"expires_in":"`;
-  return Object.freeze({ ...fields, head });
+  const middle = `","not_before":${JSON.stringify(fields.notBefore)},"resource":`;
+  const tail = `,"token_type":${JSON.stringify(fields.tokenType)}`;
+  return Object.freeze({ ...fields, head, middle, tail });
 }
 
 /**
  * The IMDS token response. `expires_in` is recomputed now (MSAL Python reads only it; msal-node reads only
  * `expires_on`); `resource` echoes the request verbatim (clients cache under it; Python crashes without it).
+ * A user-assigned identity chosen by object_id or msi_res_id is echoed too, as UAMI-aware agents do: a
+ * sidecar (or MSAL) behind this answer accepts the token only with that echo (client_id is always present).
  */
-export function renderTokenResponse(token: Token, resource: string, nowSeconds: number): string {
+export function renderTokenResponse(token: Token, request: Pick<TokenRequest, 'resource' | 'selector'>, nowSeconds: number): string {
   const expiresIn = Math.max(0, token.expiresOn - Math.floor(nowSeconds));
-  return (
-    `${token.head}${expiresIn}","expires_on":"${token.expiresOn}","ext_expires_in":"${expiresIn}",` +
-    `"not_before":${JSON.stringify(token.notBefore)},"resource":${JSON.stringify(resource)},` +
-    `"token_type":${JSON.stringify(token.tokenType)}}`
-  );
+  const selector = request.selector;
+  const echo = selector && selector.kind !== 'client_id' ? `,"${selector.kind}":${JSON.stringify(selector.value)}` : '';
+  return `${token.head}${expiresIn}","expires_on":"${token.expiresOn}","ext_expires_in":"${expiresIn}${token.middle}${JSON.stringify(request.resource)}${token.tail}${echo}}`;
 }
 
 /** The appid (v1) or azp (v2) claim of a JWT access token, or "" when it is not a readable JWT. */

@@ -92,8 +92,8 @@ export async function readKeyFile(realm: string, tokensDir: string): Promise<str
     buffer.fill(0);
     if (key.endsWith('\r\n')) key = key.slice(0, -2);
     else if (key.endsWith('\n')) key = key.slice(0, -1);
-    // eslint-disable-next-line no-control-regex
-    if (key.length === 0 || /[\u0000-\u001f\u007f]/.test(key)) {
+    // It becomes an HTTP header value: printable ASCII only (undici refuses anything else).
+    if (!/^[\x21-\x7e]+$/.test(key)) {
       throw new ChallengeError('bad_key', 'the key file holds no key or unprintable characters');
     }
     return key;

@@ -42,6 +42,8 @@ function failureOutcome(err: ImdsError): UpstreamOutcome {
 export class UpstreamClient {
   readonly address: UpstreamAddress;
   readonly #pool: Pool;
+  /** Metadata passthrough has connections of its own: polling instance metadata cannot starve token fetches. */
+  readonly #metadataPool: Pool;
   readonly #attemptTimeoutMs: number;
   readonly #metrics: Metrics | undefined;
 
@@ -49,13 +51,14 @@ export class UpstreamClient {
     this.address = address;
     this.#attemptTimeoutMs = options.attemptTimeoutMs;
     this.#metrics = options.metrics;
-    this.#pool = new Pool(address.origin, {
+    const poolOptions = {
       ...(address.kind === 'unix' ? { socketPath: address.path } : {}),
-      connections: options.connections,
       // Fail a dead upstream fast; the attempt deadline still bounds everything else.
       connect: { timeout: Math.min(options.attemptTimeoutMs, 5000) },
       keepAliveTimeout: 4000,
-    });
+    };
+    this.#pool = new Pool(address.origin, { ...poolOptions, connections: options.connections });
+    this.#metadataPool = new Pool(address.origin, { ...poolOptions, connections: Math.max(2, Math.ceil(options.connections / 4)) });
   }
 
   /** A human description for operator messages. */
@@ -88,7 +91,7 @@ export class UpstreamClient {
     const started = performance.now();
     const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
     try {
-      const response = await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+      const response = await this.#metadataPool.request({ path, method: 'GET', headers, signal: attempt });
       this.#record('passthrough', started, statusOutcome(response.statusCode));
       return response;
     } catch (err) {
@@ -109,14 +112,7 @@ export class UpstreamClient {
 
   /** Let requests in flight finish for up to `graceMs`, then abandon them. */
   async close(graceMs = Infinity): Promise<void> {
-    if (this.#pool.closed || this.#pool.destroyed) return;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<'expired'>((resolve) => {
-      if (Number.isFinite(graceMs)) timer = setTimeout(() => resolve('expired'), graceMs);
-    });
-    const outcome = await Promise.race([this.#pool.close().then(() => 'closed' as const), expired]);
-    clearTimeout(timer);
-    if (outcome === 'expired') await this.#pool.destroy();
+    await Promise.all([closePool(this.#pool, graceMs), closePool(this.#metadataPool, graceMs)]);
   }
 
   /** Turn what undici or the deadline threw into the IMDS error a client should see. */
@@ -140,6 +136,18 @@ export class UpstreamClient {
     }
     return new ImdsError('upstream_unavailable', `${this.describe}: ${code ?? (err as Error).message}`, { cause: err });
   }
+}
+
+/** Let a pool's requests finish for up to `graceMs`, then abandon them. Idempotent. */
+async function closePool(pool: Pool, graceMs: number): Promise<void> {
+  if (pool.closed || pool.destroyed) return;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<'expired'>((resolve) => {
+    if (Number.isFinite(graceMs)) timer = setTimeout(() => resolve('expired'), graceMs);
+  });
+  const outcome = await Promise.race([pool.close().then(() => 'closed' as const), expired]);
+  clearTimeout(timer);
+  if (outcome === 'expired') await pool.destroy();
 }
 
 async function readBounded(body: Dispatcher.ResponseData['body']): Promise<string> {

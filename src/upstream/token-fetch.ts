@@ -94,6 +94,8 @@ export class TokenFetcher {
   #path(request: TokenRequest): string {
     let path = `${TOKEN_PATH}?api-version=${encodeURIComponent(this.#options.apiVersion)}&resource=${encodeURIComponent(request.resource)}`;
     if (request.selector) path += `&${request.selector.kind}=${encodeURIComponent(request.selector.value)}`;
+    // A relay applies its own --force-refresh-interval to it; HIMDS, which caches tokens itself, may honour it.
+    if (request.forceRefresh) path += '&bypass_cache=true';
     return path;
   }
 }
@@ -116,6 +118,12 @@ export function upstreamFailure(response: UpstreamResponse): ImdsError {
     // HIMDS (UAMI-aware) for an unknown user-assigned identity; a relay passes on IMDS's own wording.
     case error === 'identity_not_found' || (response.status === 400 && description === 'Identity not found'):
       return new ImdsError('identity_not_found');
+    // A relay's --allow-resource refusal: final for the client too, not a retried 502.
+    case response.status === 403:
+      return new ImdsError('resource_not_allowed');
+    // HIMDS refusing our api-version is our configuration, not the client's request: never a final 400.
+    case response.status === 400 && /api[- ]?version/i.test(`${error} ${description}`):
+      return new ImdsError('upstream_error', `400: ${shortText(description ?? error ?? '')} (check --himds-api-version)`);
     case response.status === 400:
       return new ImdsError('upstream_rejected', shortText(description ?? error ?? 'no reason given'));
     case response.status >= 500:

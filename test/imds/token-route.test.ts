@@ -108,7 +108,7 @@ t.test('user-assigned identities', async (t) => {
   t.same(notFound.json, { error: 'invalid_request', error_description: 'Identity not found' });
 });
 
-t.test('only the resource, the selector and HIMDS\'s api-version go upstream', async (t) => {
+t.test('only the resource, the selector, HIMDS\'s api-version and a forced refresh go upstream', async (t) => {
   const stack = await startStack();
   t.teardown(stack.close);
   const reply = await stack.get(armTokenPath('&bypass_cache=true&xms_cc=cp1&token_sha256_to_refresh=abc&extra=1'), {
@@ -117,5 +117,8 @@ t.test('only the resource, the selector and HIMDS\'s api-version go upstream', a
     Cookie: 'a=b',
   });
   t.equal(reply.status, 200);
-  t.same(stack.emulator.stats().lastTokenQuery, { 'api-version': '2020-06-01', resource: ARM });
+  // bypass_cache is passed on so a relay (or HIMDS) fetches anew too; xms_cc, the token hash and extras are not.
+  t.same(stack.emulator.stats().lastTokenQuery, { 'api-version': '2020-06-01', resource: ARM, bypass_cache: 'true' });
+  await stack.get(tokenPath('api-version=2018-02-01&resource=https://vault.azure.net&xms_cc=cp1&extra=1'));
+  t.same(stack.emulator.stats().lastTokenQuery, { 'api-version': '2020-06-01', resource: 'https://vault.azure.net' });
 });

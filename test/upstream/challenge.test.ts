@@ -97,6 +97,10 @@ t.test('reading the key file', async (t) => {
   await failure(t, readKeyFile(key, dir), 'bad_key');
   await writeFile(key, 'two\nlines');
   await failure(t, readKeyFile(key, dir), 'bad_key', /unprintable/);
+  await writeFile(key, 'kéy');
+  await failure(t, readKeyFile(key, dir), 'bad_key', undefined);
+  await writeFile(key, 'a key');
+  await failure(t, readKeyFile(key, dir), 'bad_key', undefined);
   await rm(key);
   await failure(t, readKeyFile(key, dir), 'missing', /does not exist/);
 

@@ -153,6 +153,7 @@ t.test('unusable upstream answers', async (t) => {
     ['expired', json(200, { access_token: 'x', expires_on: '1000' }), 502, /already expired/],
     ['huge body', (_q, s) => s.end('x'.repeat(100_000)), 502, /larger than/],
     ['500 with a description', json(500, { error: 'boom', error_description: 'disk on fire' }), 500, /500: disk on fire/],
+    ['a 400 about our api-version is not final', json(400, { error: 'invalid_request', error_description: 'Invalid API version' }), 500, /check --himds-api-version/],
     ['400 passed on', json(400, { error: 'invalid_resource', error_description: 'AADSTS500011: resource principal not found' }), 400, /AADSTS500011/],
     ['unexpected 404', json(404, { error: 'nope' }), 502, /unexpected status 404/],
     ['reset mid-response', (_q, s) => { s.writeHead(200, { 'Content-Length': '100' }); s.write('{"access'); setTimeout(() => s.socket?.destroy(), 10); }, 503, /reset|in time/],
@@ -180,13 +181,18 @@ t.test('a relay upstream answers 200 at once (no challenge), in the IMDS shape',
 t.test('token parsing and rendering', async (t) => {
   const token = parseToken(JSON.stringify({ access_token: 'a"b', expires_on: 2000, not_before: 1000 }), undefined, 1500);
   t.equal(token.notBefore, '1000', 'numeric fields are accepted and shown as strings');
-  const text = renderTokenResponse(token, 'r"\u2028', 1500.9);
+  const text = renderTokenResponse(token, { resource: 'r"\u2028', selector: undefined }, 1500.9);
   t.same(JSON.parse(text), {
     access_token: 'a"b', client_id: '', expires_in: '500', expires_on: '2000', ext_expires_in: '500',
     not_before: '1000', resource: 'r"\u2028', token_type: 'Bearer',
   });
-  const expired = renderTokenResponse(makeToken({ accessToken: 'x', expiresOn: 10, notBefore: '', tokenType: 'Bearer', clientId: '' }), 'r', 20);
+  const expired = renderTokenResponse(makeToken({ accessToken: 'x', expiresOn: 10, notBefore: '', tokenType: 'Bearer', clientId: '' }), { resource: 'r', selector: undefined }, 20);
   t.equal(JSON.parse(expired).expires_in, '0', 'never negative');
+  const byObject = renderTokenResponse(token, { resource: 'r', selector: { kind: 'object_id', value: 'o-1' } }, 1500);
+  t.equal(JSON.parse(byObject).object_id, 'o-1', 'an object_id selection is echoed, so a sidecar behind a relay can confirm it');
+  t.same(Object.keys(JSON.parse(byObject)).slice(0, 8), ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type'], 'IMDS field order');
+  const byClient = renderTokenResponse(token, { resource: 'r', selector: { kind: 'client_id', value: 'c-1' } }, 1500);
+  t.equal(byClient.split('"client_id"').length - 1, 1, 'a client_id selection is not echoed twice (client_id is always there)');
   t.throws(() => parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000 }), { kind: 'object_id', value: 'o' }, 1500), { code: 'identity_not_found' });
   t.equal(parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000, mi_res_id: '/R' }), { kind: 'msi_res_id', value: '/r' }, 1500).accessToken, 'x',
     'an agent echoing mi_res_id is accepted, case-insensitively');
