@@ -4,14 +4,9 @@ import {
   ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, NETNS_SETUP_OPTIONS, PROBE_OPTIONS, SERVE_OPTIONS, helpText, parseDemo,
   parseEmulator, parseNetnsSetup, parseProbe, parseServe,
 } from './config.js';
-import { startDemo } from './demo.js';
-import { netnsSetup, NetnsSetupError } from './netns.js';
-import { probe } from './probe.js';
-import { HimdsEmulator } from './emulator/himds.js';
-import { createLogger } from './observability/log.js';
-import { startProxy } from './proxy.js';
-import { ListenError } from './server.js';
 import { VERSION } from './version.js';
+// Each command loads what it runs, when it runs: `serve` never loads the emulator, `probe` not the proxy.
+// (Loaded modules are resident memory for the life of a sidecar, and start-up time for every probe.)
 
 
 const USAGE = `Usage: arc-imds-proxy [command] [options]
@@ -38,11 +33,13 @@ const COMMANDS: Record<string, Command> = {
   async serve(argv) {
     const { config, help } = parseServe(argv, process.env);
     if (help) return void process.stdout.write(helpText('serve', 'Serve the Azure IMDS token contract, backed by Arc HIMDS (or a relay).', SERVE_OPTIONS));
+    const [{ startProxy }, { createLogger }] = await Promise.all([import('./proxy.js'), import('./observability/log.js')]);
     return startProxy(config, createLogger(config.logLevel));
   },
   async 'emulate-himds'(argv) {
     const { config, help } = parseEmulator(argv, process.env);
     if (help) return void process.stdout.write(helpText('emulate-himds', 'Run the built-in Arc HIMDS emulator.', EMULATOR_OPTIONS));
+    const [{ HimdsEmulator }, { createLogger }] = await Promise.all([import('./emulator/himds.js'), import('./observability/log.js')]);
     const log = createLogger(config.logLevel);
     const emulator = await HimdsEmulator.start(config, config.listen);
     log.info({ url: emulator.url, tokensDir: config.tokensDir }, 'HIMDS emulator listening');
@@ -51,12 +48,14 @@ const COMMANDS: Record<string, Command> = {
   async 'netns-setup'(argv) {
     const { config, help } = parseNetnsSetup(argv, process.env);
     if (help) return void process.stdout.write(helpText('netns-setup', "Prepare the application's network namespace to answer 169.254.169.254 (idempotent).", NETNS_SETUP_OPTIONS));
+    const { netnsSetup } = await import('./netns.js');
     for (const line of await netnsSetup(config)) process.stdout.write(`netns-setup: ${line}\n`);
     return undefined;
   },
   async probe(argv) {
     const { config, help } = parseProbe(argv, process.env);
     if (help) return void process.stdout.write(helpText('probe', "Exit 0 when the admin listener's /readyz is ready, else 1 with the reason.", PROBE_OPTIONS));
+    const { probe } = await import('./probe.js');
     const result = await probe(config);
     if (!result.ok) fail(result.message, 1);
     process.stdout.write(`${result.message}\n`);
@@ -65,6 +64,7 @@ const COMMANDS: Record<string, Command> = {
   async demo(argv) {
     const { config, help } = parseDemo(argv, process.env);
     if (help) return void process.stdout.write(helpText('demo', 'Run the proxy in front of the HIMDS emulator on free loopback ports.', DEMO_OPTIONS));
+    const [{ startDemo }, { createLogger }] = await Promise.all([import('./demo.js'), import('./observability/log.js')]);
     const demo = await startDemo(config, createLogger(config.logLevel));
     process.stdout.write(demo.instructions);
     return demo;
@@ -100,8 +100,10 @@ async function main(argv: string[]): Promise<void> {
     running = await command(named ? argv.slice(1) : argv);
   } catch (err) {
     if (err instanceof ConfigError) fail(err.message, 2);
-    if (err instanceof ListenError) fail(err.message, err.config ? 2 : 1);
-    if (err instanceof NetnsSetupError) fail(err.message, err.exitCode);
+    // By name: the modules that define these errors are loaded only by the commands that throw them.
+    const named = err as { name?: string; config?: boolean; exitCode?: number; message?: string };
+    if (named.name === 'ListenError') fail(named.message ?? '', named.config ? 2 : 1);
+    if (named.name === 'NetnsSetupError') fail(named.message ?? '', named.exitCode ?? 1);
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EADDRINUSE') fail((err as Error).message, 1);
     throw err;

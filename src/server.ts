@@ -20,8 +20,8 @@ import type { ResourcePolicy } from './imds/policy.js';
 import { tokenRequestOf } from './imds/token-route.js';
 import type { Audit } from './observability/audit.js';
 import type { Logger } from './observability/log.js';
-import type { Metrics } from './observability/metrics.js';
-import type { TokenSource } from './tokens/cache.js';
+import type { Metrics, RouteLabel } from './observability/metrics.js';
+import type { Served, TokenCache } from './tokens/cache.js';
 import { renderTokenResponse, type TokenRequest } from './tokens/token.js';
 import { unlink } from 'node:fs/promises';
 import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
@@ -30,7 +30,7 @@ import type { UpstreamClient } from './upstream/client.js';
 export interface ProxyDeps {
   readonly config: Pick<ServeConfig, 'himdsApiVersion' | 'requestTimeoutMs'>;
   readonly log: Logger;
-  readonly tokens: TokenSource;
+  readonly tokens: Pick<TokenCache, 'peek' | 'getToken'>;
   readonly upstream: UpstreamClient;
   readonly metrics: Metrics;
   readonly audit: Audit;
@@ -42,7 +42,7 @@ export interface ProxyDeps {
 }
 
 /** The route label of a request the gate refused (or that matched no route). */
-const NO_ROUTE = 'none';
+const NO_ROUTE: RouteLabel = 'none';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
@@ -59,12 +59,20 @@ function respond(res: ServerResponse, status: number, body: string, retryAfter?:
 
 export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { log, tokens, upstream, config, metrics, audit, draining, policy, limits } = deps;
+  // Decided once: at info, no per-request log object is even built.
+  const debug = log.isLevelEnabled('debug');
 
-  async function token(gated: GatedRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
+  /** A cached hit is answered synchronously; only a request that must wait for a fetch goes async. */
+  function token(gated: GatedRequest, req: IncomingMessage, res: ServerResponse): number | Promise<number> {
     const request = tokenRequestOf(gated);
     if (request instanceof ImdsError) throw request;
     if (!policy.allows(request.resource)) throw new ImdsError('resource_not_allowed');
-    return limited(() => issue(request, req, res));
+    if (!limits.enabled) {
+      const hit = tokens.peek(request);
+      if (hit) return serve(request, hit, req, res, 0);
+    }
+    const started = performance.now();
+    return limited(async () => serve(request, await tokens.getToken(request), req, res, started));
   }
 
   /** Run under this listener's limits, when they are on (IMDS's 429 otherwise). */
@@ -78,24 +86,22 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
     }
   }
 
-  async function issue(request: TokenRequest, req: IncomingMessage, res: ServerResponse): Promise<number> {
-    const started = performance.now();
-    const { token: got, result } = await tokens.getToken(request);
-    metrics.cacheResults.inc({ result });
+  function serve(request: TokenRequest, served: Served, req: IncomingMessage, res: ServerResponse, started: number): number {
+    metrics.cacheResults.inc(served.result);
     const client = req.socket.remoteAddress ?? 'unix';
-    if (result === 'miss' || result === 'forced') {
+    if (served.result === 'miss' || served.result === 'forced') {
       // Only fetches are logged at info: the cached path stays cheap (the audit counts hits).
       log.info(
-        { client, resource: request.resource, selector: request.selector?.kind ?? 'system', result, ms: Math.round(performance.now() - started) },
+        { client, resource: request.resource, selector: request.selector?.kind ?? 'system', result: served.result, ms: Math.round(performance.now() - started) },
         'token fetched from upstream',
       );
     }
     audit.served(client, request.resource, request.selector);
-    send(res, 200, renderTokenResponse(got, request, Date.now() / 1000));
+    send(res, 200, renderTokenResponse(served.token, request, Date.now() / 1000));
     return 200;
   }
 
-  async function metadata(gated: GatedRequest, _req: IncomingMessage, res: ServerResponse): Promise<number> {
+  function metadata(gated: GatedRequest, _req: IncomingMessage, res: ServerResponse): Promise<number> {
     return limited(() => passThrough(gated, res, upstream, config.himdsApiVersion, AbortSignal.timeout(config.requestTimeoutMs), draining));
   }
 
@@ -107,9 +113,28 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
     respond(res, status, body, retryAfter);
   }
 
-  function finished(route: string, status: number, started: number): void {
-    metrics.requests.inc({ route, code: status });
-    metrics.requestDuration.observe({ route }, (performance.now() - started) / 1000);
+  /** Metrics for every answer; an access line at debug ('rejected' by the gate, else 'served'). */
+  function answered(req: IncomingMessage, route: RouteLabel, status: number, started: number, line = 'served'): void {
+    metrics.answered(route, status, (performance.now() - started) / 1000);
+    if (debug) log.debug({ method: req.method, url: req.url, status }, line);
+  }
+
+  function failed(req: IncomingMessage, res: ServerResponse, route: RouteLabel, started: number, err: unknown): void {
+    if (res.headersSent) {
+      res.destroy();
+      answered(req, route, res.statusCode, started);
+      return;
+    }
+    let rendered: RenderedError;
+    if (err instanceof ImdsError) {
+      log.warn({ url: req.url, code: err.code, detail: err.detail }, 'request failed');
+      rendered = renderImdsError(err);
+    } else {
+      log.error({ url: req.url, err }, 'unexpected error');
+      rendered = renderError('internal');
+    }
+    send(res, rendered.status, rendered.body, rendered.retryAfter);
+    answered(req, route, rendered.status, started);
   }
 
   return function handle(req, res) {
@@ -120,33 +145,19 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
       // A request that carried a body is not read: close the connection rather than parse what follows it.
       if (gated.code === 'request_body') res.shouldKeepAlive = false;
       send(res, rendered.status, rendered.body, rendered.retryAfter);
-      finished(NO_ROUTE, rendered.status, started);
-      log.debug({ method: req.method, url: req.url, status: rendered.status, code: gated.code }, 'rejected');
+      answered(req, NO_ROUTE, rendered.status, started, 'rejected');
       return;
     }
-    ROUTES[gated.route](gated, req, res).then(
-      (status) => {
-        finished(gated.route, status, started);
-        log.debug({ url: req.url, status }, 'served');
-      },
-      (err: unknown) => {
-        if (res.headersSent) {
-          res.destroy();
-          finished(gated.route, res.statusCode, started);
-          return;
-        }
-        let rendered: RenderedError;
-        if (err instanceof ImdsError) {
-          log.warn({ url: req.url, code: err.code, detail: err.detail }, 'request failed');
-          rendered = renderImdsError(err);
-        } else {
-          log.error({ url: req.url, err }, 'unexpected error');
-          rendered = renderError('internal');
-        }
-        send(res, rendered.status, rendered.body, rendered.retryAfter);
-        finished(gated.route, rendered.status, started);
-      },
-    );
+    const route = gated.route;
+    let outcome: number | Promise<number>;
+    try {
+      outcome = ROUTES[route](gated, req, res);
+    } catch (err) {
+      failed(req, res, route, started, err);
+      return;
+    }
+    if (typeof outcome === 'number') answered(req, route, outcome, started);
+    else outcome.then((status) => answered(req, route, status, started), (err: unknown) => failed(req, res, route, started, err));
   };
 }
 

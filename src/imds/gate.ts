@@ -104,7 +104,11 @@ export function parseQuery(raw: string): Map<string, string> | ImdsError {
       return new ImdsError('bad_query', 'bad percent-encoding or invalid UTF-8');
     }
     if (name === '') return new ImdsError('bad_query', 'empty parameter name');
-    if (CONTROL.test(name) || CONTROL.test(value)) return new ImdsError('bad_query', 'control characters are not allowed');
+    // Raw control characters never get this far (Node's parser refuses them in the request target): only a
+    // percent-encoded one can, so only decoded parts need the check.
+    if (pair.includes('%') && (CONTROL.test(name) || CONTROL.test(value))) {
+      return new ImdsError('bad_query', 'control characters are not allowed');
+    }
     if (query.has(name)) return new ImdsError('duplicate_parameter', safeName(name));
     query.set(name, value);
   }
@@ -137,6 +141,22 @@ export function gate(req: IncomingMessage): GatedRequest | ImdsError {
     if (failure) return failure;
   }
   const url = req.url ?? '';
+  // A workload asks for the same few URLs over and over: what the URL alone decides is kept (both outcomes
+  // are immutable values). Bounded; when full it starts over, so a flood of distinct URLs costs no memory.
+  let outcome = BY_URL.get(url);
+  if (outcome === undefined) {
+    if (BY_URL.size >= URL_CACHE_SIZE) BY_URL.clear();
+    outcome = gateUrl(url);
+    BY_URL.set(url, outcome);
+  }
+  return outcome;
+}
+
+const URL_CACHE_SIZE = 256;
+const BY_URL = new Map<string, GatedRequest | ImdsError>();
+
+/** Everything the gate decides from the request target alone: path, route, query, api-version. */
+function gateUrl(url: string): GatedRequest | ImdsError {
   const q = url.indexOf('?');
   const path = normalisePath(q === -1 ? url : url.slice(0, q));
   const which = route(path);
@@ -146,5 +166,5 @@ export function gate(req: IncomingMessage): GatedRequest | ImdsError {
   if (!isAcceptedApiVersion(query.get('api-version'))) {
     return new ImdsError(which === 'token' ? 'token_api_version' : 'api_version');
   }
-  return { route: which, path, query };
+  return Object.freeze({ route: which, path, query });
 }

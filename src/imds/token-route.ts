@@ -8,8 +8,20 @@ const SELECTOR_PARAMS = ['client_id', 'object_id', 'msi_res_id', 'mi_res_id'] as
 const MAX_RESOURCE_LENGTH = 2048;
 const MAX_SELECTOR_LENGTH = 1024;
 
+// Gated requests are shared between requests for the same URL (see gate()), so their reading is too.
+const READ = new WeakMap<GatedRequest, TokenRequest | ImdsError>();
+
 /** The token request a gated request asks for, or the 400 explaining why it is not one. */
 export function tokenRequestOf(gated: GatedRequest): TokenRequest | ImdsError {
+  let read = READ.get(gated);
+  if (read === undefined) {
+    read = readTokenRequest(gated);
+    READ.set(gated, read);
+  }
+  return read;
+}
+
+function readTokenRequest(gated: GatedRequest): TokenRequest | ImdsError {
   const resource = gated.query.get('resource');
   if (resource === undefined || resource === '') return new ImdsError('resource_missing');
   if (resource.length > MAX_RESOURCE_LENGTH) return new ImdsError('bad_query', `resource longer than ${MAX_RESOURCE_LENGTH} characters`);
@@ -26,5 +38,5 @@ export function tokenRequestOf(gated: GatedRequest): TokenRequest | ImdsError {
   }
   const forceRefresh =
     gated.query.get('bypass_cache')?.toLowerCase() === 'true' || (gated.query.get('token_sha256_to_refresh') ?? '') !== '';
-  return { resource, selector, forceRefresh };
+  return Object.freeze({ resource, selector, forceRefresh });
 }

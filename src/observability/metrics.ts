@@ -13,6 +13,85 @@ export type UpstreamLeg = 'challenge' | 'token' | 'passthrough';
 /** How it went: an HTTP status class (401 on its own: the challenge), or how it failed. */
 export type UpstreamOutcome = '2xx' | '401' | '4xx' | '5xx' | 'other' | 'timeout' | 'refused' | 'reset' | 'error';
 
+type Labels = Record<string, string | number>;
+
+/**
+ * The per-request metrics (requests, their duration, cache results) are recorded on every answer, a cache hit
+ * included. prom-client hashes the label set on every inc/observe (about 0.8 µs for the three of them), so
+ * these two record into a map keyed by a small number or a constant string, and render their labels only when
+ * scraped. The registry takes any object with name, help, type and get().
+ */
+class TallyCounter<K> {
+  readonly type = 'counter';
+  readonly aggregator = 'sum';
+  readonly #series = new Map<K, { labels: Labels; value: number }>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    /** As prom-client names them, for tools that read the registry. */
+    readonly labelNames: readonly string[],
+    private readonly labelsOf: (key: K) => Labels,
+    registry: Registry,
+  ) {
+    registry.registerMetric(this as never);
+  }
+  inc(key: K): void {
+    const series = this.#series.get(key);
+    if (series) series.value++;
+    else this.#series.set(key, { labels: this.labelsOf(key), value: 1 });
+  }
+  get() {
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: [...this.#series.values()].map((s) => ({ labels: s.labels, value: s.value })) };
+  }
+}
+
+class TallyHistogram<K> {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly #series = new Map<K, { labels: Labels; buckets: number[]; sum: number; count: number }>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly string[],
+    private readonly bounds: readonly number[],
+    private readonly labelsOf: (key: K) => Labels,
+    registry: Registry,
+  ) {
+    registry.registerMetric(this as never);
+  }
+  observe(key: K, value: number): void {
+    let series = this.#series.get(key);
+    if (!series) {
+      series = { labels: this.labelsOf(key), buckets: new Array<number>(this.bounds.length).fill(0), sum: 0, count: 0 };
+      this.#series.set(key, series);
+    }
+    let i = 0;
+    while (i < this.bounds.length && value > this.bounds[i]!) i++;
+    if (i < this.bounds.length) series.buckets[i]!++;
+    series.sum += value;
+    series.count++;
+  }
+  get() {
+    const values: { labels: Labels; value: number; metricName: string }[] = [];
+    for (const s of this.#series.values()) {
+      let cumulative = 0;
+      this.bounds.forEach((le, i) => {
+        cumulative += s.buckets[i]!;
+        values.push({ labels: { le, ...s.labels }, value: cumulative, metricName: `${this.name}_bucket` });
+      });
+      values.push({ labels: { le: '+Inf', ...s.labels }, value: s.count, metricName: `${this.name}_bucket` });
+      values.push({ labels: s.labels, value: s.sum, metricName: `${this.name}_sum` });
+      values.push({ labels: s.labels, value: s.count, metricName: `${this.name}_count` });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+}
+
+/** Routes as the request metrics label them; a request's series key is route index * 1000 + status. */
+export const ROUTE_LABELS = ['token', 'instance', 'identity_info', 'none'] as const;
+export type RouteLabel = (typeof ROUTE_LABELS)[number];
+const routeIndex = (route: RouteLabel) => ROUTE_LABELS.indexOf(route);
+
 export interface MetricsSources {
   /** Cached tokens now. */
   cacheEntries(): number;
@@ -26,27 +105,37 @@ export interface MetricsSources {
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly requests = new Counter({
-    name: 'arc_imds_requests_total',
-    help: 'IMDS requests answered, by route and HTTP status',
-    labelNames: ['route', 'code'] as const,
-    registers: [this.registry],
-  });
+  readonly #requests = new TallyCounter<number>(
+    'arc_imds_requests_total',
+    'IMDS requests answered, by route and HTTP status',
+    ['route', 'code'],
+    (key) => ({ route: ROUTE_LABELS[Math.floor(key / 1000)]!, code: key % 1000 }),
+    this.registry,
+  );
 
-  readonly requestDuration = new Histogram({
-    name: 'arc_imds_request_duration_seconds',
-    help: 'Time to answer an IMDS request, by route',
-    labelNames: ['route'] as const,
-    buckets: REQUEST_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly #requestDuration = new TallyHistogram<number>(
+    'arc_imds_request_duration_seconds',
+    'Time to answer an IMDS request, by route',
+    ['route'],
+    REQUEST_BUCKETS,
+    (index) => ({ route: ROUTE_LABELS[index]! }),
+    this.registry,
+  );
 
-  readonly cacheResults = new Counter({
-    name: 'arc_imds_token_cache_results_total',
-    help: 'Token requests by cache result: hit, refreshing (stale-served while a refresh is due), miss, coalesced, forced',
-    labelNames: ['result'] as const,
-    registers: [this.registry],
-  });
+  readonly cacheResults = new TallyCounter<string>(
+    'arc_imds_token_cache_results_total',
+    'Token requests by cache result: hit, refreshing (stale-served while a refresh is due), miss, coalesced, forced',
+    ['result'],
+    (result) => ({ result }),
+    this.registry,
+  );
+
+  /** One answered IMDS request: its route, status and time taken. */
+  answered(route: RouteLabel, status: number, seconds: number): void {
+    const index = routeIndex(route);
+    this.#requests.inc(index * 1000 + status);
+    this.#requestDuration.observe(index, seconds);
+  }
 
   readonly refreshes = new Counter({
     name: 'arc_imds_token_refreshes_total',

@@ -73,6 +73,9 @@ interface Entry {
   /** Failed background refreshes in a row, and when the next may start. */
   failures: number;
   nextAttemptAt: number;
+  /** What a hit returns, made once: the hit path allocates nothing. */
+  readonly asHit: Served;
+  readonly asRefreshing: Served;
 }
 
 export function cacheKey(request: TokenRequest): string {
@@ -148,20 +151,29 @@ export class TokenCache implements TokenSource {
     return earliest === undefined ? undefined : earliest - this.#clock.now() / 1000;
   }
 
-  async getToken(request: TokenRequest): Promise<Served> {
+  /**
+   * A cached token that may be served now, synchronously; undefined when the request must wait for a fetch
+   * (nothing servable cached, or a forced refresh that is due). Starts a background refresh when one is due.
+   */
+  peek(request: TokenRequest): Served | undefined {
     const key = cacheKey(request);
-    const now = this.#clock.now();
     const entry = this.#store.get(key);
-    if (entry && this.#servable(entry, now)) {
-      if (request.forceRefresh && now - entry.fetchedAt >= this.#options.forceRefreshIntervalMs) {
-        return this.#join(key, request, 'forced');
-      }
-      if (now >= entry.refreshAt && now >= entry.nextAttemptAt && !this.#inflight.has(key)) {
-        this.#refreshInBackground(key, request, entry);
-      }
-      return { token: entry.token, result: now >= entry.refreshAt ? 'refreshing' : 'hit' };
-    }
-    return this.#join(key, request, 'miss');
+    if (!entry) return undefined;
+    const now = this.#clock.now();
+    if (!this.#servable(entry, now)) return undefined;
+    if (request.forceRefresh && now - entry.fetchedAt >= this.#options.forceRefreshIntervalMs) return undefined;
+    if (now < entry.refreshAt) return entry.asHit;
+    if (now >= entry.nextAttemptAt && !this.#inflight.has(key)) this.#refreshInBackground(key, request, entry);
+    return entry.asRefreshing;
+  }
+
+  async getToken(request: TokenRequest): Promise<Served> {
+    const served = this.peek(request);
+    if (served) return served;
+    const key = cacheKey(request);
+    const entry = this.#store.peek(key);
+    const forced = entry !== undefined && this.#servable(entry, this.#clock.now()) && request.forceRefresh;
+    return this.#join(key, request, forced ? 'forced' : 'miss');
   }
 
   /** Fetch the tokens given at start, so the first real requests are hits. Failures are logged, not fatal. */
@@ -246,7 +258,19 @@ export class TokenCache implements TokenSource {
       this.#log.warn({ expiresOn: token.expiresOn }, 'upstream token expires within --min-remaining; not caching it');
       return;
     }
-    this.#store.set(key, { token, fetchedAt: now, refreshAt: this.refreshAt(now, token.expiresOn * 1000), failures: 0, nextAttemptAt: 0 }, { ttl: servableMs });
+    this.#store.set(
+      key,
+      {
+        token,
+        fetchedAt: now,
+        refreshAt: this.refreshAt(now, token.expiresOn * 1000),
+        failures: 0,
+        nextAttemptAt: 0,
+        asHit: { token, result: 'hit' },
+        asRefreshing: { token, result: 'refreshing' },
+      },
+      { ttl: servableMs },
+    );
   }
 
   /** When to refresh a token fetched at `fetchedAt` (ms) that expires at `expiresAt` (ms). */
