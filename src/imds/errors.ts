@@ -1,5 +1,6 @@
-// Every answer the proxy gives that is not a token or a passthrough body comes from this table. One entry per
-// failure: a stable code, the HTTP status, and the IMDS-shaped JSON body. Nothing else invents error strings.
+// Every answer an IMDS listener gives that is not a token or a passthrough body comes from this table (the
+// admin listener has its own few answers). One entry per failure: a stable code, the HTTP status, and the
+// IMDS-shaped JSON body.
 //
 // Status choices follow what clients do with them (PROTOCOL.md §2): a 400 is final ("no identity"; Python
 // azure-identity even disables managed identity after one), 404/410/429/5xx are retried with backoff. So
@@ -38,6 +39,10 @@ export const ERRORS = {
   // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
   token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE } },
   not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' } },
+  // Malformed HTTP, answered on the raw socket before any request exists (server.ts onClientError).
+  malformed_http: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed HTTP request' } },
+  headers_too_large: { status: 431, body: { error: 'invalid_request', error_description: 'Request headers too large' } },
+  headers_too_slow: { status: 408, body: { error: 'invalid_request', error_description: 'Request headers not received in time' } },
   uri_too_long: { status: 414, body: { error: 'invalid_request', error_description: 'Request URL too long' } },
   too_many_headers: { status: 431, body: { error: 'invalid_request', error_description: 'Too many request headers' } },
   // IMDS's own throttling answer (identity endpoint: 20 req/s, 5 concurrent), when --rate-limit or

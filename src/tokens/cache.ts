@@ -2,9 +2,9 @@
 // workloads served through HIMDS hiccups:
 //   - key: the exact resource + the identity selector (api-version and other parameters are not part of it);
 //   - single-flight: concurrent requests for one key share one upstream fetch;
-//   - refresh ahead: a token is refreshed in the background at about half its lifetime, never later than
-//     --refresh-before ahead of expires_on, up to 10% early (jitter, so keys do not refresh in lockstep);
-//     a failed refresh is retried with backoff while the cached token keeps being served;
+//   - refresh ahead: past about half its lifetime (never later than --refresh-before ahead of expires_on, up
+//     to 10% early so keys do not refresh in lockstep) the next request for a token starts a background
+//     refresh and is served the cached token; a failed refresh is retried with backoff meanwhile;
 //   - serve through outages, never past --min-remaining: a token with less validity left than that is never
 //     served from the cache (clients would consider it stale anyway), and never past its own expires_on;
 //   - forced refresh (bypass_cache / token_sha256_to_refresh) at most once per key per --force-refresh-interval;
@@ -18,7 +18,7 @@ import { ImdsError } from '../imds/errors.js';
 import type { Logger } from '../observability/log.js';
 import type { Token, TokenRequest } from './token.js';
 
-/** How a request was served; a metric label later, a log field now. */
+/** How a request was served: the `result` label of arc_imds_token_cache_results_total. */
 export type CacheResult = 'hit' | 'refreshing' | 'miss' | 'coalesced' | 'forced';
 
 export interface Served {
@@ -26,7 +26,7 @@ export interface Served {
   readonly result: CacheResult;
 }
 
-/** Where tokens come from: the cache (or a bare fetch) answers the token route with this. */
+/** Where the token route gets tokens: the cache. */
 export interface TokenSource {
   /**
    * No per-request signal: a fetch serves every request waiting on its key and carries its own deadline

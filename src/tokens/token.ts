@@ -1,5 +1,5 @@
-// The token domain shared by the route, the upstream fetch and (later) the cache: what is asked for, what
-// comes back, and how it is shown to IMDS clients.
+// The token domain shared by the route, the upstream fetch and the cache: what is asked for, what comes back,
+// and how it is shown to IMDS clients.
 
 /** A user-assigned identity selector. `mi_res_id` (old msal-node) arrives here as `msi_res_id`. */
 export interface Selector {
