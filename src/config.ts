@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import type { EmulatorOptions } from './emulator/himds.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Value types
@@ -70,16 +71,9 @@ export interface ServeConfig {
   readonly headersTimeoutMs: number;
 }
 
-export interface EmulatorConfig {
+/** The emulator's own options, plus where it listens and how it logs. */
+export interface EmulatorConfig extends EmulatorOptions {
   readonly listen: TcpAddress;
-  readonly tokensDir: string;
-  readonly tokenLifetimeS: number;
-  readonly keyTtlMs: number;
-  readonly latencyMs: number;
-  readonly failNext: number;
-  readonly failStatus: number;
-  readonly startupUnavailableMs: number;
-  readonly userAssigned: UserAssignedMode;
   readonly logLevel: LogLevel;
 }
 

@@ -79,12 +79,10 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   let servers: RunningServers | undefined;
   let admin: RunningServers | undefined;
   try {
-    servers = await listenAll(handlerFor, config.listen, socketAccess, {
-      maxConnections: config.maxConnections,
-      headersTimeoutMs: config.headersTimeoutMs,
-    });
+    const serverLimits = { maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs };
+    servers = await listenAll(handlerFor, config.listen, socketAccess, serverLimits);
     const adminHandler = createAdminHandler(metrics, readiness);
-    if (config.adminListen) admin = await listenAll(() => adminHandler, [config.adminListen], socketAccess);
+    if (config.adminListen) admin = await listenAll(() => adminHandler, [config.adminListen], socketAccess, serverLimits);
   } catch (err) {
     await servers?.close(0);
     await upstream.close();

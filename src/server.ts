@@ -7,7 +7,7 @@
 //   3. token: the selector is read, the token cache gives a token (single-flight; on a miss the upstream fetch
 //      answers the key-file challenge), and the IMDS-shaped body is sent with expires_in computed now;
 //   4. metadata passthrough: the allowlisted path is streamed from the upstream;
-//   5. any failure is an ImdsError from the one table in imds/errors.ts, answered by respondError; anything
+//   5. any failure is an ImdsError from the one table in imds/errors.ts, answered by failed(); anything
 //      else thrown is a 500 and a log line.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -275,9 +275,7 @@ export interface ServerLimits {
   readonly headersTimeoutMs: number;
 }
 
-export const DEFAULT_SERVER_LIMITS: ServerLimits = { maxConnections: 1024, headersTimeoutMs: 10_000 };
-
-export function createImdsServer(handler: http.RequestListener, limits: ServerLimits = DEFAULT_SERVER_LIMITS): http.Server {
+export function createImdsServer(handler: http.RequestListener, limits: ServerLimits): http.Server {
   const server = http.createServer(
     {
       // Slow senders cannot hold a connection open: the headers within --headers-timeout, the whole request
@@ -308,7 +306,7 @@ export async function listenAll(
   handlerFor: () => http.RequestListener,
   addresses: readonly ListenAddress[],
   access: SocketAccess,
-  limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+  limits: ServerLimits,
 ): Promise<RunningServers> {
   const servers: http.Server[] = [];
   const bound: ListenAddress[] = [];
