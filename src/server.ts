@@ -22,7 +22,7 @@ import type { Audit } from './observability/audit.js';
 import type { Logger } from './observability/log.js';
 import type { Metrics, RouteLabel } from './observability/metrics.js';
 import type { Served, TokenCache } from './tokens/cache.js';
-import { renderTokenResponse, type TokenRequest } from './tokens/token.js';
+import { TokenResponses, type TokenRequest } from './tokens/token.js';
 import { unlink } from 'node:fs/promises';
 import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
 import type { UpstreamClient } from './upstream/client.js';
@@ -46,11 +46,8 @@ const NO_ROUTE: RouteLabel = 'none';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
-function respond(res: ServerResponse, status: number, body: string, retryAfter?: string): void {
-  const headers: Record<string, string | number> = {
-    'Content-Type': JSON_TYPE,
-    'Content-Length': Buffer.byteLength(body),
-  };
+function respond(res: ServerResponse, status: number, body: string, bytes: number, retryAfter: string | undefined): void {
+  const headers: Record<string, string | number> = { 'Content-Type': JSON_TYPE, 'Content-Length': bytes };
   if (retryAfter !== undefined) headers['Retry-After'] = retryAfter;
   res.writeHead(status, headers);
   res.end(body);
@@ -61,6 +58,7 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
   const { log, tokens, upstream, config, metrics, audit, draining, policy, limits } = deps;
   // Decided once: at info, no per-request log object is even built.
   const debug = log.isLevelEnabled('debug');
+  const responses = new TokenResponses();
 
   /** A cached hit is answered synchronously; only a request that must wait for a fetch goes async. */
   function token(gated: GatedRequest, req: IncomingMessage, res: ServerResponse): number | Promise<number> {
@@ -96,8 +94,9 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
         'token fetched from upstream',
       );
     }
-    audit.served(client, request.resource, request.selector);
-    send(res, 200, renderTokenResponse(served.token, request, Date.now() / 1000));
+    audit.served(client, request);
+    const rendered = responses.render(served.token, request, Date.now() / 1000);
+    send(res, 200, rendered.body, undefined, rendered.bytes);
     return 200;
   }
 
@@ -108,9 +107,9 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
   const ROUTES = { token, instance: metadata, identity_info: metadata } as const;
 
   /** Every answer of this handler. While draining, it closes its connection so keep-alive clients move on. */
-  function send(res: ServerResponse, status: number, body: string, retryAfter?: string): void {
+  function send(res: ServerResponse, status: number, body: string, retryAfter?: string, bytes = Buffer.byteLength(body)): void {
     if (draining.now) res.shouldKeepAlive = false;
-    respond(res, status, body, retryAfter);
+    respond(res, status, body, bytes, retryAfter);
   }
 
   /** Metrics for every answer; an access line at debug ('rejected' by the gate, else 'served'). */

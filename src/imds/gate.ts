@@ -43,7 +43,8 @@ const CHECKS: readonly Check[] = [
   // 4. `Metadata: true` blocks browsers and SSRF. Also what SDK probes omit on purpose to get a fast 400.
   (req) => {
     const metadata = req.headers.metadata;
-    return typeof metadata === 'string' && metadata.toLowerCase() === 'true' ? undefined : new ImdsError('metadata_header');
+    // What every SDK sends is compared as is; only another spelling pays for lower-casing.
+    return metadata === 'true' || (typeof metadata === 'string' && metadata.toLowerCase() === 'true') ? undefined : new ImdsError('metadata_header');
   },
 ];
 

@@ -2,7 +2,7 @@
 // wants a fresh token). The server takes it to the token cache and answers in the IMDS shape.
 import { ImdsError } from './errors.js';
 import type { GatedRequest } from './gate.js';
-import type { Selector, TokenRequest } from '../tokens/token.js';
+import { tokenRequest, type Selector, type TokenRequest } from '../tokens/token.js';
 
 const SELECTOR_PARAMS = ['client_id', 'object_id', 'msi_res_id', 'mi_res_id'] as const;
 const MAX_RESOURCE_LENGTH = 2048;
@@ -38,5 +38,5 @@ function readTokenRequest(gated: GatedRequest): TokenRequest | ImdsError {
   }
   const forceRefresh =
     gated.query.get('bypass_cache')?.toLowerCase() === 'true' || (gated.query.get('token_sha256_to_refresh') ?? '') !== '';
-  return Object.freeze({ resource, selector, forceRefresh });
+  return tokenRequest(resource, selector, forceRefresh);
 }

@@ -2,15 +2,16 @@
 // (resource, identity), then at most one a minute per such triple with the count since the last line. Tokens
 // minted upstream are logged where they are fetched. Cheap on the hit path: a map lookup and an increment.
 // Never any token or key material: only the address, the resource, the selector kind and value.
-import type { Selector } from '../tokens/token.js';
+import type { TokenRequest } from '../tokens/token.js';
 import type { Logger } from './log.js';
 
 const INTERVAL_MS = 60_000;
 /** Distinct (client, resource, identity) triples remembered; beyond this the oldest are summarised and dropped. */
-const MAX_TRIPLES = 10_000;
+export const MAX_TRIPLES = 10_000;
 
 interface Tally {
   readonly client: string;
+  readonly subject: string;
   readonly resource: string;
   readonly selector: string;
   count: number;
@@ -20,7 +21,10 @@ interface Tally {
 export class Audit {
   readonly #log: Logger;
   readonly #now: () => number;
-  readonly #tallies = new Map<string, Tally>();
+  /** subject (resource + identity) -> client address -> tally: two lookups of strings the hit path already has. */
+  readonly #bySubject = new Map<string, Map<string, Tally>>();
+  /** Every tally, oldest first: what is dropped when there are too many. */
+  readonly #tallies = new Set<Tally>();
   readonly #timer: NodeJS.Timeout;
 
   constructor(log: Logger, now: () => number = Date.now) {
@@ -31,15 +35,11 @@ export class Audit {
     this.#timer.unref();
   }
 
-  served(client: string, resource: string, selector: Selector | undefined): void {
-    const selectorText = selector ? `${selector.kind}=${selector.value}` : 'system';
-    const key = `${client}\u0000${resource}\u0000${selectorText}`;
-    const tally = this.#tallies.get(key);
+  served(client: string, request: Pick<TokenRequest, 'resource' | 'selector' | 'subject'>): void {
     const now = this.#now();
-    if (!tally) {
-      if (this.#tallies.size >= MAX_TRIPLES) this.#evictOldest();
-      this.#tallies.set(key, { client, resource, selector: selectorText, count: 0, lastLoggedAt: now });
-      this.#log.info({ audit: 'first', client, resource, selector: selectorText }, 'token served to a new client');
+    const tally = this.#bySubject.get(request.subject)?.get(client);
+    if (tally === undefined) {
+      this.#firstSeen(client, request, now);
       return;
     }
     tally.count++;
@@ -66,9 +66,23 @@ export class Audit {
     tally.lastLoggedAt = now;
   }
 
+  #firstSeen(client: string, request: Pick<TokenRequest, 'resource' | 'selector' | 'subject'>, now: number): void {
+    if (this.#tallies.size >= MAX_TRIPLES) this.#evictOldest();
+    const selector = request.selector ? `${request.selector.kind}=${request.selector.value}` : 'system';
+    const tally: Tally = { client, subject: request.subject, resource: request.resource, selector, count: 0, lastLoggedAt: now };
+    this.#tallies.add(tally);
+    let byClient = this.#bySubject.get(tally.subject);
+    if (byClient === undefined) this.#bySubject.set(tally.subject, (byClient = new Map()));
+    byClient.set(client, tally);
+    this.#log.info({ audit: 'first', client, resource: request.resource, selector }, 'token served to a new client');
+  }
+
   #evictOldest(): void {
-    const [key, tally] = this.#tallies.entries().next().value as [string, Tally];
+    const tally = this.#tallies.values().next().value as Tally;
     if (tally.count > 0) this.#report(tally, this.#now());
-    this.#tallies.delete(key);
+    this.#tallies.delete(tally);
+    const byClient = this.#bySubject.get(tally.subject);
+    byClient?.delete(tally.client);
+    if (byClient?.size === 0) this.#bySubject.delete(tally.subject);
   }
 }

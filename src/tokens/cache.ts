@@ -16,7 +16,7 @@
 import { LRUCache } from 'lru-cache';
 import { ImdsError } from '../imds/errors.js';
 import type { Logger } from '../observability/log.js';
-import type { Token, TokenRequest } from './token.js';
+import { tokenRequest, type Token, type TokenRequest } from './token.js';
 
 /** How a request was served: the `result` label of arc_imds_token_cache_results_total. */
 export type CacheResult = 'hit' | 'refreshing' | 'miss' | 'coalesced' | 'forced';
@@ -76,11 +76,6 @@ interface Entry {
   /** What a hit returns, made once: the hit path allocates nothing. */
   readonly asHit: Served;
   readonly asRefreshing: Served;
-}
-
-export function cacheKey(request: TokenRequest): string {
-  // A NUL cannot occur in either part (the gate rejects control characters), so the key is unambiguous.
-  return request.selector ? `${request.resource}\u0000${request.selector.kind}\u0000${request.selector.value}` : request.resource;
 }
 
 /** A simple counting semaphore: bounded upstream concurrency, FIFO. */
@@ -156,7 +151,7 @@ export class TokenCache implements TokenSource {
    * (nothing servable cached, or a forced refresh that is due). Starts a background refresh when one is due.
    */
   peek(request: TokenRequest): Served | undefined {
-    const key = cacheKey(request);
+    const key = request.subject;
     const entry = this.#store.get(key);
     if (!entry) return undefined;
     const now = this.#clock.now();
@@ -170,7 +165,7 @@ export class TokenCache implements TokenSource {
   async getToken(request: TokenRequest): Promise<Served> {
     const served = this.peek(request);
     if (served) return served;
-    const key = cacheKey(request);
+    const key = request.subject;
     const entry = this.#store.peek(key);
     const forced = entry !== undefined && this.#servable(entry, this.#clock.now()) && request.forceRefresh;
     return this.#join(key, request, forced ? 'forced' : 'miss');
@@ -180,7 +175,7 @@ export class TokenCache implements TokenSource {
   async prefetch(resources: readonly string[]): Promise<void> {
     await Promise.all(
       resources.map((resource) =>
-        this.getToken({ resource, selector: undefined, forceRefresh: false }).then(
+        this.getToken(tokenRequest(resource)).then(
           () => this.#log.info({ resource }, 'prefetched token'),
           (err: unknown) => this.#log.warn({ resource, err: (err as Error).message }, 'prefetch failed; the first request will fetch'),
         ),
@@ -225,7 +220,7 @@ export class TokenCache implements TokenSource {
   #refreshInBackground(key: string, request: TokenRequest, entry: Entry): void {
     const started = this.#clock.now();
     // The refresh is for the key, not for this request's extras.
-    this.#startFetch(key, { resource: request.resource, selector: request.selector, forceRefresh: false }).then(
+    this.#startFetch(key, request.forceRefresh ? tokenRequest(request.resource, request.selector) : request).then(
       () => {
         this.#options.onRefresh?.(true);
         this.#log.info({ resource: request.resource, selector: request.selector?.kind ?? 'system' }, 'token refreshed ahead of expiry');

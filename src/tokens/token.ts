@@ -14,6 +14,17 @@ export interface TokenRequest {
   readonly selector: Selector | undefined;
   /** `bypass_cache=true` or `token_sha256_to_refresh`: the client wants a fresh token. */
   readonly forceRefresh: boolean;
+  /**
+   * The resource and the identity as one string: what a token is cached and audited under. Made once per
+   * request object (the route shares them between requests for one URL), so the hit path builds no key.
+   */
+  readonly subject: string;
+}
+
+export function tokenRequest(resource: string, selector: Selector | undefined = undefined, forceRefresh = false): TokenRequest {
+  // A NUL cannot occur in either part (the gate rejects control characters), so the subject is unambiguous.
+  const subject = selector ? `${resource}\u0000${selector.kind}\u0000${selector.value}` : resource;
+  return Object.freeze({ resource, selector, forceRefresh, subject });
 }
 
 export interface Token {
@@ -49,6 +60,32 @@ export function renderTokenResponse(token: Token, request: Pick<TokenRequest, 'r
   const selector = request.selector;
   const echo = selector && selector.kind !== 'client_id' ? `,"${selector.kind}":${JSON.stringify(selector.value)}` : '';
   return `${token.head}${expiresIn}","expires_on":"${token.expiresOn}","ext_expires_in":"${expiresIn}${token.middle}${JSON.stringify(request.resource)}${token.tail}${echo}}`;
+}
+
+/** A token response ready to send: the body and its length in bytes. */
+export interface RenderedToken {
+  readonly body: string;
+  readonly bytes: number;
+}
+
+/**
+ * Token responses, each rendered once and sent for as long as it stays the same: `expires_in` counts whole
+ * seconds, so a workload asking many times a second for one URL gets the bytes rendered for that second.
+ * Keyed by the request object, which the token route shares between requests for the same URL.
+ */
+export class TokenResponses {
+  readonly #last = new WeakMap<TokenRequest, { token: Token; second: number; rendered: RenderedToken }>();
+
+  render(token: Token, request: TokenRequest, nowSeconds: number): RenderedToken {
+    const second = Math.floor(nowSeconds);
+    const last = this.#last.get(request);
+    if (last !== undefined && last.token === token && last.second === second) return last.rendered;
+    const body = renderTokenResponse(token, request, second);
+    // Measuring the length also flattens the string once, rather than on every send.
+    const rendered = { body, bytes: Buffer.byteLength(body) };
+    this.#last.set(request, { token, second, rendered });
+    return rendered;
+  }
 }
 
 /** The appid (v1) or azp (v2) claim of a JWT access token, or "" when it is not a readable JWT. */

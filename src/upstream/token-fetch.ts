@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { ImdsError } from '../imds/errors.js';
-import { clientIdFromJwt, makeToken, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
+import { clientIdFromJwt, makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
 import type { Metrics } from '../observability/metrics.js';
 import { ChallengeError, parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
@@ -80,7 +80,7 @@ export class TokenFetcher {
    * on its own. A relay answers the first leg with a token (from its cache), which must be valid.
    */
   async checkCanMint(resource: string, signal: AbortSignal): Promise<void> {
-    const path = this.#path({ resource, selector: undefined, forceRefresh: false });
+    const path = this.#path(tokenRequest(resource));
     const response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
     if (response.status === 401) {
       await this.#answerChallenge(response);

@@ -6,8 +6,9 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import t from 'tap';
 import { HimdsEmulator } from '../../src/emulator/himds.js';
-import { Audit } from '../../src/observability/audit.js';
+import { Audit, MAX_TRIPLES } from '../../src/observability/audit.js';
 import { createLogger } from '../../src/observability/log.js';
+import { tokenRequest } from '../../src/tokens/token.js';
 import { armTokenPath, get, LOOPBACK, scriptedUpstream, startStack, tokenPath } from '../fixtures/stack.js';
 
 const ADMIN = { adminListen: { kind: 'tcp', host: '127.0.0.1', port: 0 } as const };
@@ -150,17 +151,41 @@ t.test('the audit trail: first sight, then at most one line a minute with the co
   let now = 1_000_000;
   const audit = new Audit(log, () => now);
   t.teardown(() => audit.stop());
-  audit.served('10.0.0.5', 'https://vault.azure.net', undefined);
-  for (let i = 0; i < 9; i++) audit.served('10.0.0.5', 'https://vault.azure.net', undefined);
-  audit.served('10.0.0.5', 'https://vault.azure.net', { kind: 'client_id', value: 'abc' });
+  const system = tokenRequest('https://vault.azure.net');
+  const uami = tokenRequest('https://vault.azure.net', { kind: 'client_id', value: 'abc' });
+  audit.served('10.0.0.5', system);
+  // Another request object for the same subject (another URL asking for the same thing) counts as the same.
+  for (let i = 0; i < 9; i++) audit.served('10.0.0.5', i % 2 ? system : tokenRequest('https://vault.azure.net', undefined, true));
+  audit.served('10.0.0.5', uami);
   t.same(lines.map((l) => [l.audit, l.selector]), [['first', 'system'], ['first', 'client_id=abc']], 'one line per new triple, none per hit');
   now += 60_000;
-  audit.served('10.0.0.5', 'https://vault.azure.net', undefined);
+  audit.served('10.0.0.5', system);
   t.match(lines[2], { audit: 'count', client: '10.0.0.5', resource: 'https://vault.azure.net', selector: 'system', count: 10, sinceS: 60 });
-  audit.served('10.0.0.5', 'https://vault.azure.net', { kind: 'client_id', value: 'abc' });
+  audit.served('10.0.0.5', uami);
   audit.flush();
   t.match(lines[3], { audit: 'count', selector: 'client_id=abc', count: 1 }, 'flush reports what no request would');
   t.equal(lines.length, 4);
+  audit.served('10.0.0.6', system);
+  t.match(lines[4], { audit: 'first', client: '10.0.0.6', selector: 'system' }, 'another client is another triple');
+});
+
+t.test('the audit trail is bounded: the oldest triple is reported, then forgotten', async (t) => {
+  const lines: any[] = [];
+  const log = createLogger('info', { write: (l: string) => void lines.push(JSON.parse(l)) });
+  const audit = new Audit(log, () => 1_000_000);
+  t.teardown(() => audit.stop());
+  const oldest = tokenRequest('https://oldest.example');
+  audit.served('10.0.0.1', oldest);
+  audit.served('10.0.0.1', oldest);
+  for (let i = 1; i < MAX_TRIPLES; i++) audit.served(`10.1.${i >> 8}.${i & 255}`, oldest);
+  t.equal(lines.length, MAX_TRIPLES, 'one first line per triple');
+  audit.served('10.0.0.2', tokenRequest('https://newest.example'));
+  t.match(lines.at(-2), { audit: 'count', client: '10.0.0.1', resource: 'https://oldest.example', count: 1 }, 'the evicted count is not lost');
+  t.match(lines.at(-1), { audit: 'first', client: '10.0.0.2' });
+  audit.served('10.1.0.1', oldest);
+  t.equal(lines.length, MAX_TRIPLES + 2, 'a remembered triple is still counted, not first-seen again');
+  audit.served('10.0.0.1', oldest);
+  t.match(lines.at(-1), { audit: 'first', client: '10.0.0.1' }, 'the forgotten triple is new again');
 });
 
 t.test('no log line ever holds a secret', async (t) => {

@@ -4,8 +4,8 @@
 import t from 'tap';
 import { ImdsError } from '../../src/imds/errors.js';
 import { createLogger } from '../../src/observability/log.js';
-import { TokenCache, cacheKey, type TokenCacheOptions } from '../../src/tokens/cache.js';
-import { makeToken, type Token, type TokenRequest } from '../../src/tokens/token.js';
+import { TokenCache, type TokenCacheOptions } from '../../src/tokens/cache.js';
+import { makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../../src/tokens/token.js';
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -36,9 +36,8 @@ function scriptedFetch(clock: FakeClock, lifetimeMs = 24 * HOUR) {
 
 const logs: string[] = [];
 const log = createLogger('debug', { write: (l: string) => void logs.push(l) });
-const request = (resource = 'https://management.azure.com/', extra: Partial<TokenRequest> = {}): TokenRequest => ({
-  resource, selector: undefined, forceRefresh: false, ...extra,
-});
+const request = (resource = 'https://management.azure.com/', extra: { selector?: Selector; forceRefresh?: boolean } = {}): TokenRequest =>
+  tokenRequest(resource, extra.selector, extra.forceRefresh);
 const flush = () => new Promise((r) => setImmediate(r));
 
 function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
@@ -48,11 +47,12 @@ function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>,
   }, log);
 }
 
-t.test('keys: exact resource and selector; nothing else', async (t) => {
-  t.not(cacheKey(request('a')), cacheKey(request('a/')), 'resource strings are not normalised');
-  t.not(cacheKey(request('a')), cacheKey(request('a', { selector: { kind: 'client_id', value: 'x' } })));
-  t.not(cacheKey(request('a', { selector: { kind: 'client_id', value: 'x' } })), cacheKey(request('a', { selector: { kind: 'object_id', value: 'x' } })));
-  t.equal(cacheKey(request('a')), cacheKey(request('a', { forceRefresh: true })));
+t.test('keys (the request subject): exact resource and selector; nothing else', async (t) => {
+  const key = (resource: string, extra: { selector?: Selector; forceRefresh?: boolean } = {}) => request(resource, extra).subject;
+  t.not(key('a'), key('a/'), 'resource strings are not normalised');
+  t.not(key('a'), key('a', { selector: { kind: 'client_id', value: 'x' } }));
+  t.not(key('a', { selector: { kind: 'client_id', value: 'x' } }), key('a', { selector: { kind: 'object_id', value: 'x' } }));
+  t.equal(key('a'), key('a', { forceRefresh: true }));
 });
 
 t.test('hits, misses and single-flight', async (t) => {
