@@ -14,6 +14,15 @@ import { WebSocket } from 'undici';
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
 export const CEILING = path.join(ROOT, 'bench', 'ceiling.mjs');
+/**
+ * The node options the image runs every process with (the Dockerfile's ENV NODE_OPTIONS): each proxy under
+ * test runs with them, as it would in production. The emulator and the ceiling run with node's defaults.
+ */
+export const IMAGE_NODE_OPTIONS = (() => {
+  const env = /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+  if (!env) throw new Error('Dockerfile: no ENV NODE_OPTIONS="..." line');
+  return env[1].split(' ').filter(Boolean);
+})();
 export const TOKEN_PATH = '/metadata/identity/oauth2/token';
 export const tokenPath = (resource, apiVersion = '2018-02-01') =>
   `${TOKEN_PATH}?api-version=${apiVersion}&resource=${encodeURIComponent(resource)}`;
@@ -159,15 +168,19 @@ export async function startEmulator(tokensDir, extra = []) {
   }
 }
 
-/** `arc-imds-proxy serve` from dist/, production defaults but for listen/upstream/tokens dir/admin. */
-export async function startProxy(name, { listen = '127.0.0.1:0', upstream, tokensDir, extra = [], nodeArgs = [], cli = CLI }) {
-  const args = [cli, 'serve', '--listen', listen, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', 'off', ...extra];
-  const p = spawnNode(name, args, { nodeArgs });
+/**
+ * `arc-imds-proxy serve` from dist/, production defaults but for listen/upstream/tokens dir and the admin
+ * listener (off, unless `admin`: then on a free loopback port, as `adminUrl`).
+ */
+export async function startProxy(name, { listen = '127.0.0.1:0', upstream, tokensDir, extra = [], nodeArgs = [], cli = CLI, admin = false }) {
+  const args = [cli, 'serve', '--listen', listen, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', admin ? '127.0.0.1:0' : 'off', ...extra];
+  const p = spawnNode(name, args, { nodeArgs: [...IMAGE_NODE_OPTIONS, ...nodeArgs] });
   try {
     const line = await p.waitFor((l) => l.msg === 'listening');
+    const adminUrl = admin ? `http://${(await p.waitFor((l) => l.msg.startsWith('admin listening'))).address}` : undefined;
     const address = line.address;
     const url = address.startsWith('unix:') ? undefined : `http://${address}`;
-    return Object.assign(p, { address, url, socketPath: address.startsWith('unix:') ? address.slice(5) : undefined, listeningAt: line.__at });
+    return Object.assign(p, { address, url, adminUrl, socketPath: address.startsWith('unix:') ? address.slice(5) : undefined, listeningAt: line.__at });
   } catch (err) {
     await p.stop();
     throw err;

@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  CLI, ROOT, cannon, emulatorStats, heapAfterGcMB, killAllChildren, machine, machineBusySeconds, median, oneConnection, ownCpuSeconds, percentile, round, rssMB, setFaults,
+  CLI, IMAGE_NODE_OPTIONS, ROOT, cannon, emulatorStats, heapAfterGcMB, killAllChildren, machine, machineBusySeconds, median, oneConnection, ownCpuSeconds, percentile, round, rssMB, setFaults,
   startCeiling, startEmulator, startProxy, timedGet, tokenPath, twoLegDirect,
 } from './lib.mjs';
 
@@ -401,14 +401,23 @@ async function openConnections(target, n) {
  * is done (steady state: V8's heap has grown to its working size) against RSS at the end, so the growth is
  * what the remaining nine tenths left behind.
  */
+/** What Prometheus does to a proxy with an admin listener. */
+async function scrape(target) {
+  if (!target.adminUrl) return;
+  const reply = await timedGet({ url: target.adminUrl, path: '/metrics', headers: {} });
+  if (reply.status !== 200 || !reply.body.includes('arc_imds_')) throw new Error(`memory: /metrics answered ${reply.status}`);
+}
+
 async function measureMemory(target) {
   await sleep(S.settleMs / 2);
   const atStart = rssMB(target.pid);
   await okGet(target, tokenPath(ARM), false);
+  await scrape(target);
   await sleep(S.settleMs / 2);
   const idle = rssMB(target.pid);
 
   const { agent, open } = await openConnections(target, S.memConnections);
+  await scrape(target);
   await sleep(200);
   const withConnections = rssMB(target.pid);
   const fds = readdirSync(`/proc/${target.pid}/fd`).length;
@@ -466,7 +475,8 @@ async function measureMemory(target) {
 async function memory(emulator, tmp, bodyFile) {
   // --inspect (loopback, random port): the heap after a full GC is read through the inspector.
   const inspect = ['--inspect=127.0.0.1:0'];
-  const proxy = await startProxy('memory-proxy', { upstream: emulator.url, tokensDir: path.join(tmp, 'tokens'), nodeArgs: inspect });
+  // As deployed: the admin listener on, and scraped (prom-client's state is part of what stays resident).
+  const proxy = await startProxy('memory-proxy', { upstream: emulator.url, tokensDir: path.join(tmp, 'tokens'), nodeArgs: inspect, admin: true });
   const out = await withChildren([proxy], () => measureMemory(proxy));
   say(`  proxy: RSS idle ${out.idleMB} MB, ${out.connectionsOpen} connections ${out.withConnectionsMB} MB; ${S.leakRequests} requests: ${out.leak.steadyMB} -> ${out.leak.atEndMB} MB`);
   // The same procedure against the bare node:http server: what Node itself costs, for comparison.
@@ -608,7 +618,7 @@ async function backgroundLoad() {
 
 async function main() {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first ('npm run bench' does)`);
-  say(`mode ${MODE}; the load generator is this process (pid ${process.pid}); every server is a child process`);
+  say(`mode ${MODE}; the load generator is this process (pid ${process.pid}); every server is a child process; proxies run with the image's node options: ${IMAGE_NODE_OPTIONS.join(' ')}`);
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-bench-'));
   const tokensDir = path.join(tmp, 'tokens');
   const bodyFile = path.join(tmp, 'cached-response.json');
@@ -677,6 +687,7 @@ async function main() {
     method: {
       loadGenerator: 'autocannon 9 (programmatic API) and node:http clients, in the runner process',
       servers: 'each a separate child process from dist/: proxy, emulator, relay, sidecar; bench/ceiling.mjs for the ceiling',
+      proxyNodeOptions: IMAGE_NODE_OPTIONS.join(' '),
       figures: 'medians of the rounds; latencies in ms from autocannon\'s per-response times (fractional) or performance.now()',
       growthToleranceMB: GROWTH_TOLERANCE_MB,
       heapToleranceMB: HEAP_TOLERANCE_MB,

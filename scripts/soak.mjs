@@ -12,6 +12,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { IMAGE_NODE_OPTIONS } from '../bench/lib.mjs';
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
 // Whatever happens, the children go with us.
@@ -34,7 +35,9 @@ const tokensDir = mkdtempSync(path.join(os.tmpdir(), 'arc-imds-soak-'));
 const children = new Set();
 
 function start(args) {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The proxy runs with the node options of the image, as in production.
+  const nodeArgs = args[0] === 'serve' ? IMAGE_NODE_OPTIONS : [];
+  const child = spawn(process.execPath, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.add(child);
   child.on('exit', () => children.delete(child));
   return new Promise((resolve, reject) => {

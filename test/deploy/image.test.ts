@@ -24,7 +24,7 @@ import { PROBE_OPTIONS, SERVE_OPTIONS } from '../../src/config.js';
 import {
   COMPOSE_DIR, ROOT, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
   flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
-  read, renderKustomization, splitCommand, yamlDocument, KUBERNETES_DIR,
+  read, renderKustomization, splitCommand, stageEnv, yamlDocument, KUBERNETES_DIR,
 } from '../fixtures/deploy.js';
 
 const dockerfile = parseDockerfile(read('Dockerfile'));
@@ -32,6 +32,7 @@ const runtime = dockerfile.stages.at(-1)!;
 const ENTRYPOINT = execForm(lastOf(runtime, 'ENTRYPOINT')?.args ?? 'missing', 'ENTRYPOINT');
 const CMD = execForm(lastOf(runtime, 'CMD')?.args ?? 'missing', 'CMD');
 const HEALTHCHECK = parseHealthcheck(lastOf(runtime, 'HEALTHCHECK')?.args ?? 'missing');
+const IMAGE_ENV = stageEnv(runtime);
 const IMDS = '169.254.169.254';
 
 t.test('Dockerfile: multi-stage build, production dependencies only, Node 24 runtime', async (t) => {
@@ -68,6 +69,10 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   t.match(user, /^\d+(:\d+)?$/, `USER is numeric (${user}), so Kubernetes can enforce runAsNonRoot`);
   t.not(Number(user.split(':')[0]), 0, 'and not root');
   t.same(ENTRYPOINT, ['node', '/app/dist/cli.js'], 'ENTRYPOINT: node /app/dist/cli.js (exec form: node is PID 1 and gets SIGTERM)');
+  t.equal(IMAGE_ENV.NODE_ENV, 'production');
+  t.match(IMAGE_ENV.NODE_OPTIONS, /(^| )--max-semi-space-size=\d+( |$)/, 'NODE_OPTIONS bounds the young generation, for every node in the image');
+  const pkg = JSON.parse(read('package.json'));
+  t.equal(pkg.scripts.start, `node ${IMAGE_ENV.NODE_OPTIONS} dist/cli.js serve`, 'npm start runs node as the image does');
   t.same(CMD, ['serve'], 'CMD: serve');
   t.same(HEALTHCHECK.command.slice(0, ENTRYPOINT.length), ENTRYPOINT, 'HEALTHCHECK runs the same program');
   t.equal(splitCommand(HEALTHCHECK.command.slice(ENTRYPOINT.length)).command, 'probe', '...its probe command');
@@ -179,12 +184,15 @@ async function localizeAll(argv: readonly string[], s: Scene, where: Namespace):
 }
 
 /** The environment of a test process: nothing that configures the CLI, plus what the deployment sets. */
+/** The environment of a process in the image: its ENV, then what compose or Kubernetes adds. */
 function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('ARC_IMDS_') && k !== 'IMDS_ENDPOINT' && k !== 'IDENTITY_ENDPOINT') env[k] = v;
   }
-  return { ...env, ...extra };
+  // The image's node options join tap's own (its loader follows child processes).
+  const nodeOptions = [process.env.NODE_OPTIONS, IMAGE_ENV.NODE_OPTIONS].filter(Boolean).join(' ');
+  return { ...env, ...IMAGE_ENV, NODE_OPTIONS: nodeOptions, ...extra };
 }
 
 interface Running {
