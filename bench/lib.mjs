@@ -15,13 +15,15 @@ export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
 export const CEILING = path.join(ROOT, 'bench', 'ceiling.mjs');
 /**
- * The node options the image runs every process with (the Dockerfile's ENV NODE_OPTIONS): each proxy under
- * test runs with them, as it would in production. The emulator and the ceiling run with node's defaults.
+ * The node options the image runs the proxy with (between `node` and the script in the Dockerfile's
+ * ENTRYPOINT): each proxy under test runs with them, as in production. The emulator and the ceiling run with
+ * node's defaults.
  */
 export const IMAGE_NODE_OPTIONS = (() => {
-  const env = /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
-  if (!env) throw new Error('Dockerfile: no ENV NODE_OPTIONS="..." line');
-  return env[1].split(' ').filter(Boolean);
+  const line = /^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+  const argv = line ? JSON.parse(line[1]) : [];
+  if (argv[0] !== 'node' || argv.at(-1) !== '/app/dist/cli.js') throw new Error('Dockerfile: ENTRYPOINT is not ["node", ..., "/app/dist/cli.js"]');
+  return argv.slice(1, -1);
 })();
 export const TOKEN_PATH = '/metadata/identity/oauth2/token';
 export const tokenPath = (resource, apiVersion = '2018-02-01') =>

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
 import {
+  cliArgs,
   COMPOSE_FILES, ROOT, composeEnv, composeList, composeRunsOurImage, flagValue, invocationProblems, parseDockerfile,
   lastOf, execForm, portOf, read, rel, splitCommand, yamlDocument,
 } from '../fixtures/deploy.js';
@@ -59,7 +60,7 @@ for (const file of COMPOSE_FILES) {
     return { name, svc, argv: ours ? [...(entrypoint ?? ENTRYPOINT), ...(command ?? (entrypoint ? [] : CMD))] : undefined };
   });
   const ours = services.filter((s) => s.argv !== undefined);
-  const args = (s: Service) => s.argv!.slice(ENTRYPOINT.length);
+  const args = (s: Service) => cliArgs(s.argv!)!;
   const byCommand = (name: string) => ours.filter((s) => splitCommand(args(s)).command === name);
   const relay = ours.find((s) => splitCommand(args(s)).command === 'serve' && /^unix:/.test(flagValue(args(s), 'listen') ?? ''));
   const sidecar = ours.find((s) => splitCommand(args(s)).command === 'serve' && /^unix:/.test(flagValue(args(s), 'upstream') ?? ''));
@@ -182,10 +183,10 @@ for (const file of COMPOSE_FILES) {
       if (test === undefined) continue;
       t.equal(test[0], 'CMD', `${s.name}: healthcheck in CMD form (no shell needed)`);
       const check = test.slice(1);
-      t.same(check.slice(0, ENTRYPOINT.length), ENTRYPOINT, `${s.name}: the healthcheck runs the image's program`);
-      t.equal(splitCommand(check.slice(ENTRYPOINT.length)).command, 'probe', `${s.name}: ...its probe command`);
-      t.same(invocationProblems(check.slice(ENTRYPOINT.length), {}), [], `${s.name}: healthcheck flags exist`);
-      const url = new URL(flagValue(check.slice(ENTRYPOINT.length), 'url') ?? 'http://127.0.0.1:9464');
+      t.ok(cliArgs(check), `${s.name}: the healthcheck runs the image's program`);
+      t.equal(splitCommand(cliArgs(check)!).command, 'probe', `${s.name}: ...its probe command`);
+      t.same(invocationProblems(cliArgs(check)!, {}), [], `${s.name}: healthcheck flags exist`);
+      const url = new URL(flagValue(cliArgs(check)!, 'url') ?? 'http://127.0.0.1:9464');
       const command = splitCommand(args(s)).command;
       if (command === 'serve') {
         const admin = flagValue(args(s), 'admin-listen') ?? '127.0.0.1:9464';

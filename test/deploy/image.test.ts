@@ -22,7 +22,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { PROBE_OPTIONS, SERVE_OPTIONS } from '../../src/config.js';
 import {
-  COMPOSE_DIR, ROOT, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
+  COMPOSE_DIR, IMAGE_CLI, ROOT, cliArgs, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
   flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
   read, renderKustomization, splitCommand, stageEnv, yamlDocument, KUBERNETES_DIR,
 } from '../fixtures/deploy.js';
@@ -68,15 +68,17 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   const user = lastOf(runtime, 'USER')?.args ?? '';
   t.match(user, /^\d+(:\d+)?$/, `USER is numeric (${user}), so Kubernetes can enforce runAsNonRoot`);
   t.not(Number(user.split(':')[0]), 0, 'and not root');
-  t.same(ENTRYPOINT, ['node', '/app/dist/cli.js'], 'ENTRYPOINT: node /app/dist/cli.js (exec form: node is PID 1 and gets SIGTERM)');
-  t.equal(IMAGE_ENV.NODE_ENV, 'production');
-  t.match(IMAGE_ENV.NODE_OPTIONS, /(^| )--max-semi-space-size=\d+( |$)/, 'NODE_OPTIONS bounds the young generation, for every node in the image');
+  t.equal(ENTRYPOINT[0], 'node', 'ENTRYPOINT runs node itself (exec form: node is PID 1 and gets SIGTERM)');
+  t.equal(ENTRYPOINT.at(-1), IMAGE_CLI, `...on ${IMAGE_CLI}`);
+  const nodeOptions = ENTRYPOINT.slice(1, -1);
+  t.same(nodeOptions, ['--max-semi-space-size=2', '--min-semi-space-size=2'], 'with a fixed 2 MB young generation (README, "Memory")');
   const pkg = JSON.parse(read('package.json'));
-  t.equal(pkg.scripts.start, `node ${IMAGE_ENV.NODE_OPTIONS} dist/cli.js serve`, 'npm start runs node as the image does');
+  t.equal(pkg.scripts.start, `node ${nodeOptions.join(' ')} dist/cli.js serve`, 'npm start runs node as the image does');
+  t.equal(IMAGE_ENV.NODE_ENV, 'production');
   t.same(CMD, ['serve'], 'CMD: serve');
-  t.same(HEALTHCHECK.command.slice(0, ENTRYPOINT.length), ENTRYPOINT, 'HEALTHCHECK runs the same program');
-  t.equal(splitCommand(HEALTHCHECK.command.slice(ENTRYPOINT.length)).command, 'probe', '...its probe command');
-  t.same(invocationProblems(HEALTHCHECK.command.slice(ENTRYPOINT.length), {}), [], 'with flags the probe command has');
+  t.ok(cliArgs(HEALTHCHECK.command), 'HEALTHCHECK runs the same program');
+  t.equal(splitCommand(cliArgs(HEALTHCHECK.command)!).command, 'probe', '...its probe command');
+  t.same(invocationProblems(cliArgs(HEALTHCHECK.command)!, {}), [], 'with flags the probe command has');
   const probeDefault = PROBE_OPTIONS.find((o) => o.flag === 'url')!.default!;
   const adminDefault = SERVE_OPTIONS.find((o) => o.flag === 'admin-listen')!.default!;
   t.equal(new URL(probeDefault).host, adminDefault, `the probe's default URL (${probeDefault}) is serve's default admin listener`);
@@ -190,9 +192,7 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('ARC_IMDS_') && k !== 'IMDS_ENDPOINT' && k !== 'IDENTITY_ENDPOINT') env[k] = v;
   }
-  // The image's node options join tap's own (its loader follows child processes).
-  const nodeOptions = [process.env.NODE_OPTIONS, IMAGE_ENV.NODE_OPTIONS].filter(Boolean).join(' ');
-  return { ...env, ...IMAGE_ENV, NODE_OPTIONS: nodeOptions, ...extra };
+  return { ...env, ...IMAGE_ENV, ...extra };
 }
 
 interface Running {
@@ -368,7 +368,7 @@ async function healthy(argv: readonly string[], env: Record<string, string>, s: 
  * command is a Node start.
  */
 async function untilHealthy(what: string, check: readonly string[], env: Record<string, string>, s: Scene, where: Namespace, running: readonly Running[], writable?: readonly string[]): Promise<true | string> {
-  const given = flagValue(check.slice(ENTRYPOINT.length), 'url') ?? env.ARC_IMDS_URL ?? PROBE_OPTIONS.find((o) => o.flag === 'url')!.default!;
+  const given = flagValue(cliArgs(check)!, 'url') ?? env.ARC_IMDS_URL ?? PROBE_OPTIONS.find((o) => o.flag === 'url')!.default!;
   const url = new URL(await localize(given, s, where));
   if (url.pathname === '/' || url.pathname === '') url.pathname = '/readyz';
   await until(what, async () => {
@@ -380,7 +380,7 @@ async function untilHealthy(what: string, check: readonly string[], env: Record<
 
 /** The probe's default URL, placed in `where` like any address (for HEALTHCHECKs that give no --url). */
 async function probeEnvFor(argv: readonly string[], s: Scene, where: Namespace): Promise<Record<string, string>> {
-  if (flagValue(argv.slice(ENTRYPOINT.length), 'url') !== undefined) return {};
+  if (flagValue(cliArgs(argv)!, 'url') !== undefined) return {};
   return { ARC_IMDS_URL: await localize(PROBE_OPTIONS.find((o) => o.flag === 'url')!.default!, s, where) };
 }
 
@@ -390,7 +390,7 @@ const prodCompose = yamlDocument(path.join(COMPOSE_DIR, 'docker-compose.yml'));
 /** Compose services by role, told apart by their command lines. */
 function roles(compose: any, file: string) {
   const ours = Object.entries<any>(compose.services).filter(([, svc]) => composeRunsOurImage(svc, file));
-  const byCommand = (pred: (argv: string[]) => boolean) => ours.find(([, svc]) => pred(composeArgv(svc).slice(ENTRYPOINT.length)));
+  const byCommand = (pred: (argv: string[]) => boolean) => ours.find(([, svc]) => pred(cliArgs(composeArgv(svc))!));
   const args = (argv: string[]) => splitCommand(argv);
   const emulator = byCommand((a) => args(a).command === 'emulate-himds');
   const relay = byCommand((a) => args(a).command === 'serve' && /^unix:/.test(flagValue(a, 'listen') ?? ''));
@@ -443,7 +443,7 @@ t.test('compose (development): the emulator, the relay, the sidecar and the app,
     const argv = composeArgv(svc);
     const env = composeEnv(svc);
     const writable = await composeWritable(svc, s, where(name));
-    t.same(invocationProblems(argv.slice(ENTRYPOINT.length), env), [], `${name}: ${argv.join(' ')}`);
+    t.same(invocationProblems(cliArgs(argv)!, env), [], `${name}: ${argv.join(' ')}`);
     procs.push(launch(t, await localizeAll(argv, s, where(name)), env, writable));
     const check = composeHealthcheck(svc);
     const probeEnv = await probeEnvFor(check, s, where(name));
@@ -454,7 +454,7 @@ t.test('compose (development): the emulator, the relay, the sidecar and the app,
 
   t.test("the image's own HEALTHCHECK, where it applies (the relay's and the sidecar's default admin address)", async (t) => {
     for (const [name, svc] of [relay, sidecar]) {
-      const admin = flagValue(composeArgv(svc).slice(ENTRYPOINT.length), 'admin-listen');
+      const admin = flagValue(cliArgs(composeArgv(svc))!, 'admin-listen');
       const probeEnv = await probeEnvFor(HEALTHCHECK.command, s, where(name));
       t.equal(new URL(probeEnv.ARC_IMDS_URL!).port, String(await where(name).port(Number(admin?.split(':')[1] ?? 0))),
         `${name}: its --admin-listen ${admin} is the HEALTHCHECK's default address`);
@@ -480,7 +480,7 @@ t.test('compose (Arc host): the relay and the sidecar command lines, with the em
     const where = ns(s, composeNamespace(prodCompose, name));
     const argv = composeArgv(svc);
     const writable = await composeWritable(svc, s, where);
-    t.same(invocationProblems(argv.slice(ENTRYPOINT.length), composeEnv(svc)), [], `${name}: ${argv.join(' ')}`);
+    t.same(invocationProblems(cliArgs(argv)!, composeEnv(svc)), [], `${name}: ${argv.join(' ')}`);
     procs.push(launch(t, await localizeAll(argv, s, where), composeEnv(svc), writable));
     const check = composeHealthcheck(svc);
     t.equal(await untilHealthy(`${name} healthy`, check, await probeEnvFor(check, s, where), s, where, procs, writable), true,
@@ -520,7 +520,7 @@ t.test('kubernetes: the relay and sidecar args and their probes, with the emulat
       const r = await httpGet(url);
       return r.status === 200 ? true : `${r.status} ${r.text}`;
     }, procs);
-    t.pass(`${name}: ${argv.slice(ENTRYPOINT.length).join(' ')}: its ${gate} (${c[gate].httpGet.path}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`);
+    t.pass(`${name}: ${cliArgs(argv)!.join(' ')}: its ${gate} (${c[gate].httpGet.path}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`);
     const live = await httpGet(await probeUrl(c, c.livenessProbe, where));
     t.equal(live.status, 200, `${name}: its livenessProbe (${c.livenessProbe.httpGet.path}) passes`);
   }
