@@ -4,8 +4,9 @@
 //
 // Every server under test is a child process started from the BUILT dist/ (`npm run build` first; `npm run
 // bench` does it): the proxy (`dist/cli.js serve`), the HIMDS emulator (`dist/cli.js emulate-himds`), a relay
-// and a sidecar, and the ceiling (bench/ceiling.mjs, a bare node:http server). This process is the load
-// generator (autocannon's programmatic API, plus plain node:http clients for latency samples and bursts).
+// and a sidecar, and the ceiling (bench/ceiling.mjs, a bare node:http server). Throughput runs get a fresh
+// load-generator process each (bench/load.mjs: autocannon's programmatic API); everything else is driven from
+// this process (autocannon for the leak run, plain node:http clients for latency samples and bursts).
 // Loopback and unix sockets only. Everything is bounded: fixed request counts and durations, a watchdog, and
 // every child is stopped (by its PID) in a finally block.
 //
@@ -13,13 +14,14 @@
 //   BENCH_SMOKE=1   a tiny run (a few hundred requests per scenario) that proves the runner works: the test
 //   BENCH_OUT=FILE  where the JSON goes (default bench/results/latest.json; quick.json / smoke.json otherwise)
 //   BENCH_WAIT_QUIET=SECONDS  wait up to this long for other processes to leave the CPUs (full run: 60)
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import {
   CLI, IMAGE_NODE_OPTIONS, ROOT, cannon, emulatorStats, heapAfterGcMB, killAllChildren, machine, machineBusySeconds, median, oneConnection, ownCpuSeconds, percentile, round, rssMB, setFaults,
   startCeiling, startEmulator, startProxy, timedGet, tokenPath, twoLegDirect,
@@ -46,6 +48,8 @@ const SCALES = {
 };
 const S = SCALES[MODE];
 const CONNECTIONS = [1, 10, 100];
+const LOAD = path.join(ROOT, 'bench', 'load.mjs');
+const execFileAsync = promisify(execFile);
 const ARM = 'https://management.azure.com/';
 /**
  * "No growth" over the leak run: the V8 heap after a full GC (what a leak accumulates) grows by at most
@@ -108,9 +112,14 @@ async function quietLoad(target, connections) {
   }
 }
 
-function load(target, connections, opts = {}) {
-  const base = { url: target.url, socketPath: target.socketPath, path: target.path, headers: target.headers, connections, serverPid: target.pid };
-  return MODE === 'smoke' ? cannon({ ...base, amount: Math.max(connections * 2, opts.warm ? S.warmupAmount : S.amount), latencies: !opts.warm }) : cannon({ ...base, duration: opts.warm ? S.warmup : S.duration, latencies: !opts.warm });
+/** A warm-up and a measured run at `connections`, in a fresh load-generator process (bench/load.mjs says why). */
+async function load(target, connections) {
+  const spec = { url: target.url, socketPath: target.socketPath, path: target.path, headers: target.headers, connections, serverPid: target.pid };
+  Object.assign(spec, MODE === 'smoke'
+    ? { amount: Math.max(connections * 2, S.amount), warmupAmount: Math.max(connections * 2, S.warmupAmount) }
+    : { duration: S.duration, warmup: S.warmup });
+  const { stdout } = await execFileAsync(process.execPath, [LOAD, JSON.stringify(spec)], { cwd: ROOT, maxBuffer: 1 << 20 });
+  return JSON.parse(stdout);
 }
 
 function check(run, what) {
@@ -140,14 +149,11 @@ async function throughput(ceiling, proxy) {
     proxy: { url: proxy.url, path: hitPath, pid: proxy.pid },
   };
   const out = { ceiling: {}, hit: {} };
-  // Warm the load generator itself (autocannon's code in this process), so the first measured run is not its JIT.
-  for (const c of CONNECTIONS) await load(targets.ceiling, c, { warm: true });
   for (const c of CONNECTIONS) {
     const runs = { ceiling: [], proxy: [] };
     for (let r = 0; r < S.rounds; r++) {
       // Alternate which goes first, so drift (thermal, other tenants) does not favour one side.
       for (const name of r % 2 === 0 ? ['ceiling', 'proxy'] : ['proxy', 'ceiling']) {
-        await load(targets[name], c, { warm: true });
         runs[name].push(check(await quietLoad(targets[name], c), `${name} at ${c} connections`));
       }
     }
@@ -202,7 +208,6 @@ async function twoHops(emulator, tmp) {
       const hitTarget = { url: sidecar.url, path: tokenPath(ARM), pid: sidecar.pid };
       const hitRuns = [];
       for (let r = 0; r < S.rounds; r++) {
-        await load(hitTarget, 10, { warm: true });
         hitRuns.push(check(await quietLoad(hitTarget, 10), 'two hops, hit'));
       }
       const relayHit = [];
@@ -618,7 +623,7 @@ async function backgroundLoad() {
 
 async function main() {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first ('npm run bench' does)`);
-  say(`mode ${MODE}; the load generator is this process (pid ${process.pid}); every server is a child process; proxies run with the image's node options: ${IMAGE_NODE_OPTIONS.join(' ')}`);
+  say(`mode ${MODE}; every server is a child process, and so is the load generator of each throughput run; proxies run with the image's node options: ${IMAGE_NODE_OPTIONS.join(' ')}`);
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-bench-'));
   const tokensDir = path.join(tmp, 'tokens');
   const bodyFile = path.join(tmp, 'cached-response.json');
@@ -685,7 +690,7 @@ async function main() {
     git: gitState(),
     scale: { ...S, connections: CONNECTIONS },
     method: {
-      loadGenerator: 'autocannon 9 (programmatic API) and node:http clients, in the runner process',
+      loadGenerator: 'autocannon 9 (programmatic API) in a fresh process per throughput run (warm-up, then measured); node:http clients and the leak run in the runner process',
       servers: 'each a separate child process from dist/: proxy, emulator, relay, sidecar; bench/ceiling.mjs for the ceiling',
       proxyNodeOptions: IMAGE_NODE_OPTIONS.join(' '),
       figures: 'medians of the rounds; latencies in ms from autocannon\'s per-response times (fractional) or performance.now()',
