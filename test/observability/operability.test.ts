@@ -123,9 +123,14 @@ t.test('not ready when the key files cannot be read (as an unprivileged user)', 
     const { parseServe } = await import(${JSON.stringify(path.resolve('dist/config.js'))});
     const { startProxy } = await import(${JSON.stringify(path.resolve('dist/proxy.js'))});
     const { createLogger } = await import(${JSON.stringify(path.resolve('dist/observability/log.js'))});
-    process.setgid(65534); process.setuid(65534);
     const { config } = parseServe(['--listen', '127.0.0.1:0', '--admin-listen', 'off', '--upstream', ${JSON.stringify(emulator.url)}, '--tokens-dir', ${JSON.stringify(dir)}], {});
     const proxy = await startProxy(config, createLogger('silent'));
+    // One check while still root: whatever that path loads lazily (undici loads its HTTP parser on the first
+    // connection) is loaded before the drop, since the checkout may not be readable by nobody (CI clones into
+    // a 0700 temporary directory).
+    await proxy.readiness.checkNow();
+    if (!proxy.readiness.state.ready) throw new Error('not ready even as root: ' + proxy.readiness.state.reason);
+    process.setgid(65534); process.setuid(65534);
     await proxy.readiness.checkNow();
     console.log(JSON.stringify(proxy.readiness.state));
     await proxy.close();
