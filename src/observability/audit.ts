@@ -1,6 +1,6 @@
 // The audit trail: who got tokens for what. One line when a client address first receives a token for a
 // (resource, identity), then at most one a minute per such triple with the count since the last line. Tokens
-// minted upstream are logged where they are fetched. Cheap on the hit path: a map lookup and an increment.
+// minted upstream are logged where they are fetched. Cheap on the hit path: two map lookups and an increment.
 // Never any token or key material: only the address, the resource, the selector kind and value.
 import type { TokenRequest } from '../tokens/token.js';
 import type { Logger } from './log.js';
