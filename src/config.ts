@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { EmulatorOptions } from './emulator/himds.js';
+import { ResourcePolicy } from './imds/policy.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Value types
@@ -49,6 +50,8 @@ export interface ServeConfig {
   readonly refreshBeforeMs: number;
   readonly forceRefreshIntervalMs: number;
   readonly upstreamConcurrency: number;
+  /** Token fetches that may wait for a slot beyond upstreamConcurrency. */
+  readonly upstreamQueue: number;
   /** Resources whose tokens are fetched at start. */
   readonly prefetch: readonly string[];
   /** Mode and group of unix socket listeners. */
@@ -231,7 +234,9 @@ function limit(imds: number) {
 
 function resourcePattern(text: string): string {
   resource(text);
-  if (text.indexOf('*') !== -1 && text.indexOf('*') !== text.length - 1) throw new Error(`'${text}': * may only end a prefix`);
+  if (text.indexOf('*') !== -1 && text.indexOf('*') !== text.length - 1) {
+    throw new Error(`'${text}': * may only end a prefix (e.g. https://vault.azure.net*, which matches up to a / or :)`);
+  }
   if (text === '*') throw new Error(`'*' allows everything: leave --allow-resource out instead`);
   return text;
 }
@@ -330,9 +335,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'the only directory HIMDS key files are read from' },
   { flag: 'himds-api-version', key: 'himdsApiVersion', value: 'DATE', default: '2020-06-01', parse: parseApiVersion,
     help: 'api-version sent upstream' },
-  { flag: 'upstream-timeout', key: 'upstreamTimeoutMs', value: 'DURATION', default: '5s', parse: positiveDuration,
-    help: 'deadline of one upstream attempt' },
-  { flag: 'request-timeout', key: 'requestTimeoutMs', value: 'DURATION', default: '15s', parse: positiveDuration,
+  { flag: 'upstream-timeout', key: 'upstreamTimeoutMs', value: 'DURATION', default: '20s', parse: positiveDuration,
+    help: 'deadline of one upstream attempt (a cold token is minted by HIMDS calling Microsoft Entra, which takes seconds)' },
+  { flag: 'request-timeout', key: 'requestTimeoutMs', value: 'DURATION', default: '30s', parse: positiveDuration,
     help: 'a client always gets an answer within this, retries included' },
   { flag: 'cache-max-entries', key: 'cacheMaxEntries', value: 'N', default: '1000', parse: wholeInRange(1, 1_000_000),
     help: 'tokens cached (resource x identity); least recently used evicted' },
@@ -346,6 +351,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'bypass_cache / token_sha256_to_refresh fetch anew at most this often per token' },
   { flag: 'upstream-concurrency', key: 'upstreamConcurrency', value: 'N', default: '16', parse: wholeInRange(1, 1024),
     help: 'upstream token fetches at once; the rest queue' },
+  { flag: 'upstream-queue', key: 'upstreamQueue', value: 'N', default: '256', parse: wholeInRange(0, 100_000),
+    help: 'token fetches that may wait for an upstream slot; a new token beyond them is answered 503 with Retry-After at once' },
   { flag: 'prefetch', key: 'prefetch', value: 'RESOURCE', multiple: true, parse: resource,
     help: 'fetch this resource\'s token at start; repeatable (environment: comma-separated)' },
   { flag: 'admin-listen', key: 'adminListen', value: 'ADDR', default: DEFAULT_ADMIN, parse: (t) => (t === 'off' ? undefined : parseListenAddress(t)),
@@ -536,6 +543,14 @@ export function parseServe(argv: readonly string[], env: NodeJS.ProcessEnv): Par
   }
   if (upstream?.kind === 'unix' && listens.some((l) => l.kind === 'unix' && l.path === upstream.path)) {
     problems.push(`--upstream ${upstream.path}: the same socket as a --listen address`);
+  }
+  const allowed = config.allowResource as string[] | undefined;
+  const readinessResource = config.readinessResource as string | undefined;
+  if (allowed && readinessResource !== undefined && !new ResourcePolicy(allowed).allows(readinessResource)) {
+    problems.push(
+      `--readiness-resource ${readinessResource}: refused by this proxy's own --allow-resource, so readiness could never ` +
+        'succeed; give --readiness-resource one of the allowed resources',
+    );
   }
   const minRemaining = config.minRemainingMs as number | undefined;
   const refreshBefore = config.refreshBeforeMs as number | undefined;

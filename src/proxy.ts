@@ -61,6 +61,7 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     refreshBeforeMs: config.refreshBeforeMs,
     forceRefreshIntervalMs: config.forceRefreshIntervalMs,
     upstreamConcurrency: config.upstreamConcurrency,
+    upstreamQueue: config.upstreamQueue,
     fetchTimeoutMs: config.requestTimeoutMs,
     onRefresh: (ok) => metrics.refreshes.inc({ outcome: ok ? 'success' : 'failure' }),
   }, log);

@@ -12,14 +12,14 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js';
-import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
+import { clientCaused, ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
 import { gate, type GatedRequest } from './imds/gate.js';
 import { passThrough } from './imds/passthrough.js';
 import type { ListenerLimits } from './imds/limits.js';
 import type { ResourcePolicy } from './imds/policy.js';
 import { tokenRequestOf } from './imds/token-route.js';
 import type { Audit } from './observability/audit.js';
-import type { Logger } from './observability/log.js';
+import { clip, type Logger } from './observability/log.js';
 import type { Metrics, RouteLabel } from './observability/metrics.js';
 import type { Served, TokenCache } from './tokens/cache.js';
 import { TokenResponses, type TokenRequest } from './tokens/token.js';
@@ -70,7 +70,16 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
       if (hit) return serve(request, hit, req, res, 0);
     }
     const started = performance.now();
-    return limited(async () => serve(request, await tokens.getToken(request), req, res, started));
+    return limited(async () => serve(request, await tokens.getToken(request, goneSignal(res)), req, res, started));
+  }
+
+  /** Aborts when the client goes away before its answer: its wait ends, and with the last waiter the fetch. */
+  function goneSignal(res: ServerResponse): AbortSignal {
+    const gone = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    return gone.signal;
   }
 
   /** Run under this listener's limits, when they are on (IMDS's 429 otherwise). */
@@ -90,7 +99,7 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
     if (served.result === 'miss' || served.result === 'forced') {
       // Only fetches are logged at info: the cached path stays cheap (the audit counts hits).
       log.info(
-        { client, resource: request.resource, selector: request.selector?.kind ?? 'system', result: served.result, ms: Math.round(performance.now() - started) },
+        { client, resource: clip(request.resource), selector: request.selector?.kind ?? 'system', result: served.result, ms: Math.round(performance.now() - started) },
         'token fetched from upstream',
       );
     }
@@ -115,7 +124,7 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
   /** Metrics for every answer; an access line at debug ('rejected' by the gate, else 'served'). */
   function answered(req: IncomingMessage, route: RouteLabel, status: number, started: number, line = 'served'): void {
     metrics.answered(route, status, (performance.now() - started) / 1000);
-    if (debug) log.debug({ method: req.method, url: req.url, status }, line);
+    if (debug) log.debug({ method: req.method, url: clip(req.url), status }, line);
   }
 
   function failed(req: IncomingMessage, res: ServerResponse, route: RouteLabel, started: number, err: unknown): void {
@@ -124,12 +133,20 @@ export function createRequestHandler(deps: ProxyDeps): (req: IncomingMessage, re
       answered(req, route, res.statusCode, started);
       return;
     }
+    if (err instanceof ImdsError && err.code === 'client_closed') {
+      // Nobody to answer: only counted.
+      answered(req, route, renderImdsError(err).status, started);
+      return;
+    }
     let rendered: RenderedError;
     if (err instanceof ImdsError) {
-      log.warn({ url: req.url, code: err.code, detail: err.detail }, 'request failed');
+      // The client's own mistakes (and refusals, throttling, hang-ups) are counted in the metrics and logged at
+      // debug only: any client could otherwise fill the log. Upstream failures stay visible.
+      if (!clientCaused(err.code)) log.warn({ url: clip(req.url), code: err.code, detail: err.detail }, 'request failed');
+      else if (debug) log.debug({ url: clip(req.url), code: err.code, detail: err.detail }, 'request refused');
       rendered = renderImdsError(err);
     } else {
-      log.error({ url: req.url, err }, 'unexpected error');
+      log.error({ url: clip(req.url), err }, 'unexpected error');
       rendered = renderError('internal');
     }
     send(res, rendered.status, rendered.body, rendered.retryAfter);

@@ -136,7 +136,7 @@ const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/
 
 const SERVE_FLAGS = [
   'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
-  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'prefetch',
+  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'upstream-queue', 'prefetch',
   'admin-listen', 'readiness-interval', 'readiness-resource', 'shutdown-timeout', 'allow-resource', 'rate-limit',
   'concurrency-limit', 'max-connections', 'headers-timeout', 'socket-mode', 'socket-group',
   'allow-host-netns', 'log-level',

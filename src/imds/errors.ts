@@ -17,6 +17,15 @@ interface ErrorEntry {
   readonly body: ImdsErrorBody;
   /** Whether the operator-facing detail of a thrown ImdsError may be appended to error_description. */
   readonly detailed?: boolean;
+  /** Seconds for Retry-After when the error itself carries none (every 503 has one). */
+  readonly retryAfter?: string;
+  /**
+   * Who caused it. Client-caused answers are logged at debug only (and counted in the metrics): a client must
+   * not be able to fill the log. Upstream and internal failures are warnings.
+   */
+  readonly cause: 'client' | 'upstream' | 'internal';
+  /** The status may be the upstream's own (a 5xx), carried by the error. */
+  readonly upstreamStatus?: boolean;
 }
 
 /** The api-versions real IMDS lists as newest in its api-version error (PROTOCOL.md §2). */
@@ -27,48 +36,53 @@ const API_VERSION_MESSAGE =
 
 export const ERRORS = {
   // --- the gate: the IMDS contract -------------------------------------------------------------------------
-  method_not_allowed: { status: 405, body: { error: 'invalid_request', error_description: 'Method not allowed: IMDS answers GET only' } },
-  forwarded_request: { status: 400, body: { error: 'invalid_request', error_description: 'Requests with an X-Forwarded-For header are not accepted' } },
-  request_body: { status: 400, body: { error: 'invalid_request', error_description: 'IMDS requests must not carry a body' } },
+  method_not_allowed: { status: 405, body: { error: 'invalid_request', error_description: 'Method not allowed: IMDS answers GET only' }, cause: 'client' },
+  forwarded_request: { status: 400, body: { error: 'invalid_request', error_description: 'Requests with an X-Forwarded-For header are not accepted' }, cause: 'client' },
+  request_body: { status: 400, body: { error: 'invalid_request', error_description: 'IMDS requests must not carry a body' }, cause: 'client' },
   // Exact body real IMDS sends; SDK probes (DefaultAzureCredential) rely on a fast answer, .NET on its text.
-  metadata_header: { status: 400, body: { error: 'invalid_request', error_description: 'Required metadata header not specified' } },
-  bad_query: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed query string' }, detailed: true },
-  duplicate_parameter: { status: 400, body: { error: 'invalid_request', error_description: 'Duplicate query parameter' }, detailed: true },
+  metadata_header: { status: 400, body: { error: 'invalid_request', error_description: 'Required metadata header not specified' }, cause: 'client' },
+  bad_query: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed query string' }, detailed: true, cause: 'client' },
+  duplicate_parameter: { status: 400, body: { error: 'invalid_request', error_description: 'Duplicate query parameter' }, detailed: true, cause: 'client' },
   // Exact body real IMDS sends for the instance endpoints.
-  api_version: { status: 400, body: { error: API_VERSION_MESSAGE, 'newest-versions': NEWEST_API_VERSIONS } },
+  api_version: { status: 400, body: { error: API_VERSION_MESSAGE, 'newest-versions': NEWEST_API_VERSIONS }, cause: 'client' },
   // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
-  token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE } },
-  not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' } },
+  token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE }, cause: 'client' },
+  not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' }, cause: 'client' },
   // Malformed HTTP, answered on the raw socket before any request exists (server.ts onClientError).
-  malformed_http: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed HTTP request' } },
-  headers_too_large: { status: 431, body: { error: 'invalid_request', error_description: 'Request headers too large' } },
-  headers_too_slow: { status: 408, body: { error: 'invalid_request', error_description: 'Request headers not received in time' } },
-  uri_too_long: { status: 414, body: { error: 'invalid_request', error_description: 'Request URL too long' } },
-  too_many_headers: { status: 431, body: { error: 'invalid_request', error_description: 'Too many request headers' } },
+  malformed_http: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed HTTP request' }, cause: 'client' },
+  headers_too_large: { status: 431, body: { error: 'invalid_request', error_description: 'Request headers too large' }, cause: 'client' },
+  headers_too_slow: { status: 408, body: { error: 'invalid_request', error_description: 'Request headers not received in time' }, cause: 'client' },
+  uri_too_long: { status: 414, body: { error: 'invalid_request', error_description: 'Request URL too long' }, cause: 'client' },
+  too_many_headers: { status: 431, body: { error: 'invalid_request', error_description: 'Too many request headers' }, cause: 'client' },
   // IMDS's own throttling answer (identity endpoint: 20 req/s, 5 concurrent), when --rate-limit or
   // --concurrency-limit is on.
-  throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' } },
+  throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' }, cause: 'client' },
 
   // --- the token route -------------------------------------------------------------------------------------
-  resource_missing: { status: 400, body: { error: 'invalid_request', error_description: 'Required query variable \'resource\' is missing' } },
-  selector_conflict: { status: 400, body: { error: 'invalid_request', error_description: 'Only one of client_id, object_id and msi_res_id may be given' } },
-  bad_selector: { status: 400, body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' } },
+  resource_missing: { status: 400, body: { error: 'invalid_request', error_description: 'Required query variable \'resource\' is missing' }, cause: 'client' },
+  selector_conflict: { status: 400, body: { error: 'invalid_request', error_description: 'Only one of client_id, object_id and msi_res_id may be given' }, cause: 'client' },
+  bad_selector: { status: 400, body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' }, cause: 'client' },
   // Same text as IMDS: a 400 that clients treat as "this identity does not exist here".
-  identity_not_found: { status: 400, body: { error: 'invalid_request', error_description: 'Identity not found' } },
+  identity_not_found: { status: 400, body: { error: 'invalid_request', error_description: 'Identity not found' }, cause: 'client' },
   // --allow-resource: final for the client (not retried), and says why.
-  resource_not_allowed: { status: 403, body: { error: 'invalid_request', error_description: 'This resource is not allowed by the proxy\'s --allow-resource policy' } },
+  resource_not_allowed: { status: 403, body: { error: 'invalid_request', error_description: 'This resource is not allowed by the proxy\'s --allow-resource policy' }, cause: 'client' },
 
   // --- upstream (HIMDS or a relay) -------------------------------------------------------------------------
-  upstream_unavailable: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is unreachable or did not answer in time; retry later' }, detailed: true },
-  upstream_throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' } },
-  upstream_busy: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is starting or busy; retry later' } },
-  upstream_error: { status: 500, body: { error: 'upstream_error', error_description: 'The identity service upstream failed; retry later' }, detailed: true },
-  upstream_rejected: { status: 400, body: { error: 'invalid_request', error_description: 'The identity service upstream rejected the request' }, detailed: true },
-  upstream_bad_response: { status: 502, body: { error: 'upstream_error', error_description: 'The identity service upstream sent an unusable response; retry later' }, detailed: true },
-  challenge_failed: { status: 500, body: { error: 'challenge_failed', error_description: 'Could not answer the HIMDS key-file challenge' }, detailed: true },
+  upstream_unavailable: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is unreachable or did not answer in time; retry later' }, detailed: true, cause: 'upstream', retryAfter: '1' },
+  upstream_throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' }, cause: 'upstream' },
+  upstream_busy: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is starting or busy; retry later' }, cause: 'upstream', retryAfter: '1' },
+  upstream_error: { status: 500, body: { error: 'upstream_error', error_description: 'The identity service upstream failed; retry later' }, detailed: true, cause: 'upstream', upstreamStatus: true },
+  upstream_rejected: { status: 400, body: { error: 'invalid_request', error_description: 'The identity service upstream rejected the request' }, detailed: true, cause: 'upstream' },
+  upstream_bad_response: { status: 502, body: { error: 'upstream_error', error_description: 'The identity service upstream sent an unusable response; retry later' }, detailed: true, cause: 'upstream' },
+  // Every token fetch slot and queue place is taken (--upstream-concurrency + --upstream-queue): answered at
+  // once rather than queued without bound.
+  upstream_saturated: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'Too many token requests are waiting for the identity service upstream; retry later' }, cause: 'upstream', retryAfter: '1' },
+  challenge_failed: { status: 500, body: { error: 'challenge_failed', error_description: 'Could not answer the HIMDS key-file challenge' }, detailed: true, cause: 'upstream' },
 
   // --- ourselves -------------------------------------------------------------------------------------------
-  internal: { status: 500, body: { error: 'internal_error', error_description: 'Internal error; retry later' } },
+  // The client went away before its answer was ready: never sent, only counted (nginx's 499).
+  client_closed: { status: 499, body: { error: 'client_closed', error_description: 'The client closed the connection before the answer was ready' }, cause: 'client' },
+  internal: { status: 500, body: { error: 'internal_error', error_description: 'Internal error; retry later' }, cause: 'internal' },
 } as const satisfies Record<string, ErrorEntry>;
 
 export type ErrorCode = keyof typeof ERRORS;
@@ -80,13 +94,16 @@ export class ImdsError extends Error {
   readonly detail: string | undefined;
   /** Seconds, passed on from an upstream that asked clients to back off. */
   readonly retryAfter: string | undefined;
+  /** The upstream's own 5xx, for entries that keep it. */
+  readonly status: number | undefined;
 
-  constructor(code: ErrorCode, detail?: string, options?: { retryAfter?: string | undefined; cause?: unknown }) {
+  constructor(code: ErrorCode, detail?: string, options?: { retryAfter?: string | undefined; status?: number; cause?: unknown }) {
     super(detail ? `${code}: ${detail}` : code, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ImdsError';
     this.code = code;
     this.detail = detail;
     this.retryAfter = options?.retryAfter;
+    this.status = options?.status;
   }
 }
 
@@ -101,15 +118,22 @@ const FIXED_BODIES = new Map<ErrorCode, string>(
   (Object.keys(ERRORS) as ErrorCode[]).map((code) => [code, JSON.stringify(ERRORS[code].body)]),
 );
 
-export function renderError(code: ErrorCode, detail?: string, retryAfter?: string): RenderedError {
+export function renderError(code: ErrorCode, detail?: string, retryAfter?: string, upstreamStatus?: number): RenderedError {
   const entry: ErrorEntry = ERRORS[code];
+  const status = entry.upstreamStatus && upstreamStatus !== undefined && upstreamStatus >= 500 && upstreamStatus <= 599 ? upstreamStatus : entry.status;
+  const wait = retryAfter ?? entry.retryAfter;
   if (detail && entry.detailed) {
     const body = { ...entry.body, error_description: `${entry.body.error_description}: ${detail}` };
-    return { status: entry.status, body: JSON.stringify(body), retryAfter };
+    return { status, body: JSON.stringify(body), retryAfter: wait };
   }
-  return { status: entry.status, body: FIXED_BODIES.get(code)!, retryAfter };
+  return { status, body: FIXED_BODIES.get(code)!, retryAfter: wait };
 }
 
 export function renderImdsError(err: ImdsError): RenderedError {
-  return renderError(err.code, err.detail, err.retryAfter);
+  return renderError(err.code, err.detail, err.retryAfter, err.status);
+}
+
+/** Whether a failure is the client's doing (logged at debug, never at warn). */
+export function clientCaused(code: ErrorCode): boolean {
+  return (ERRORS[code] as ErrorEntry).cause === 'client';
 }

@@ -121,18 +121,30 @@ function safeName(name: string): string {
   return /^[A-Za-z0-9_.-]{1,64}$/.test(name) ? name : '(unprintable name)';
 }
 
-const API_VERSION = /^(\d{4})-(\d{2})-(\d{2})$/;
-/** The oldest api-version IMDS serves identity tokens for, and what every SDK sends. */
+/**
+ * The api-versions Azure IMDS publishes for its instance endpoints, oldest first. IMDS refuses any other value,
+ * well-formed or not, with the 400 below, so this proxy does too: a date that does not exist or is not a
+ * release (2018-02-31, 2099-01-01) is not an api-version. A version IMDS publishes later is refused until it is
+ * added here.
+ */
+export const IMDS_API_VERSIONS: readonly string[] = [
+  '2017-03-01', '2017-04-02', '2017-08-01', '2017-10-01', '2017-12-01', '2018-02-01', '2018-04-02', '2018-10-01',
+  '2019-02-01', '2019-03-11', '2019-04-30', '2019-06-01', '2019-06-04', '2019-08-01', '2019-08-15', '2019-11-01',
+  '2020-06-01', '2020-07-15', '2020-09-01', '2020-10-01', '2020-12-01', '2021-01-01', '2021-02-01', '2021-03-01',
+  '2021-05-01', '2021-10-01', '2021-11-01', '2021-11-15', '2021-12-13', '2022-02-01', '2022-03-01', '2022-05-01',
+  '2022-07-01', '2022-08-01', '2022-09-01', '2022-11-01', '2023-07-01', '2023-11-15', '2024-03-15', '2024-07-17',
+  '2025-04-07',
+];
+/** The oldest api-version IMDS serves identity tokens (and identity info) for, and what every SDK sends. */
 export const OLDEST_API_VERSION = '2018-02-01';
 
-/** A well-formed YYYY-MM-DD date no earlier than 2018-02-01. */
-export function isAcceptedApiVersion(v: string | undefined): boolean {
+const INSTANCE_VERSIONS = new Set(IMDS_API_VERSIONS);
+const IDENTITY_VERSIONS = new Set(IMDS_API_VERSIONS.filter((v) => v >= OLDEST_API_VERSION));
+
+/** Whether IMDS accepts this api-version on this route. */
+export function isAcceptedApiVersion(v: string | undefined, which: Route = 'token'): boolean {
   if (v === undefined) return false;
-  const m = API_VERSION.exec(v);
-  if (!m) return false;
-  const month = Number(m[2]);
-  const day = Number(m[3]);
-  return month >= 1 && month <= 12 && day >= 1 && day <= 31 && v >= OLDEST_API_VERSION;
+  return (which === 'instance' ? INSTANCE_VERSIONS : IDENTITY_VERSIONS).has(v);
 }
 
 /** Apply the IMDS contract. Returns the routed request, or the error to answer with. */
@@ -164,7 +176,7 @@ function gateUrl(url: string): GatedRequest | ImdsError {
   if (which === undefined) return new ImdsError('not_found');
   const query = parseQuery(q === -1 ? '' : url.slice(q + 1));
   if (query instanceof ImdsError) return query;
-  if (!isAcceptedApiVersion(query.get('api-version'))) {
+  if (!isAcceptedApiVersion(query.get('api-version'), which)) {
     return new ImdsError(which === 'token' ? 'token_api_version' : 'api_version');
   }
   return Object.freeze({ route: which, path, query });

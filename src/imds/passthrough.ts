@@ -1,9 +1,8 @@
-// Allowlisted metadata paths (/metadata/instance/..., /metadata/identity/info), streamed from the upstream.
+// Allowlisted metadata paths (/metadata/instance/..., /metadata/identity/info), relayed from the upstream.
 // Nothing of the client's request is forwarded but the path and the decoded query (rebuilt, with the upstream's
 // api-version): no client headers, so no hop-by-hop or credential headers can leak through. Of the response,
 // only an allowlist of end-to-end headers comes back.
 import type { ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
 import type { GatedRequest } from './gate.js';
 import type { UpstreamClient } from '../upstream/client.js';
 
@@ -17,7 +16,10 @@ export function passthroughPath(gated: GatedRequest, apiVersion: string): string
   return `${gated.path}?${params.join('&')}`;
 }
 
-/** Stream the upstream's answer to the client. Throws an ImdsError only before anything was sent. */
+/**
+ * Fetch the upstream's answer whole (bounded, as every upstream body), then send it: an upstream that stalls or
+ * breaks mid-body is a 5xx for the client, never a 200 with a truncated body. Metadata bodies are small.
+ */
 export async function passThrough(
   gated: GatedRequest,
   res: ServerResponse,
@@ -26,20 +28,16 @@ export async function passThrough(
   signal: AbortSignal,
   draining: { readonly now: boolean },
 ): Promise<number> {
-  const response = await upstream.open(passthroughPath(gated, apiVersion), { Metadata: 'true' }, signal);
-  const headers: Record<string, string> = {};
+  const response = await upstream.get('passthrough', passthroughPath(gated, apiVersion), { Metadata: 'true' }, signal);
+  const headers: Record<string, string | number> = {};
   for (const name of RESPONSE_HEADERS) {
     const v = response.headers[name];
     if (typeof v === 'string') headers[name] = v;
   }
+  // The length of what is sent, whatever the upstream declared.
+  headers['content-length'] = Buffer.byteLength(response.body);
   if (draining.now) res.shouldKeepAlive = false;
-  res.writeHead(response.statusCode, headers);
-  try {
-    await pipeline(response.body, res);
-  } catch {
-    // The upstream or the client went away mid-body: nothing more can be said to this client.
-    response.body.destroy();
-    res.destroy();
-  }
-  return response.statusCode;
+  res.writeHead(response.status, headers);
+  res.end(response.body);
+  return response.status;
 }

@@ -3,7 +3,7 @@
 // minted upstream are logged where they are fetched. Cheap on the hit path: two map lookups and an increment.
 // Never any token or key material: only the address, the resource, the selector kind and value.
 import type { TokenRequest } from '../tokens/token.js';
-import type { Logger } from './log.js';
+import { clip, type Logger } from './log.js';
 
 const INTERVAL_MS = 60_000;
 /** Distinct (client, resource, identity) triples remembered; beyond this the oldest are summarised and dropped. */
@@ -69,12 +69,12 @@ export class Audit {
   #firstSeen(client: string, request: Pick<TokenRequest, 'resource' | 'selector' | 'subject'>, now: number): void {
     if (this.#tallies.size >= MAX_TRIPLES) this.#evictOldest();
     const selector = request.selector ? `${request.selector.kind}=${request.selector.value}` : 'system';
-    const tally: Tally = { client, subject: request.subject, resource: request.resource, selector, count: 0, lastLoggedAt: now };
+    const tally: Tally = { client, subject: request.subject, resource: clip(request.resource)!, selector: clip(selector)!, count: 0, lastLoggedAt: now };
     this.#tallies.add(tally);
     let byClient = this.#bySubject.get(tally.subject);
     if (byClient === undefined) this.#bySubject.set(tally.subject, (byClient = new Map()));
     byClient.set(client, tally);
-    this.#log.info({ audit: 'first', client, resource: request.resource, selector }, 'token served to a new client');
+    this.#log.info({ audit: 'first', client, resource: tally.resource, selector: tally.selector }, 'token served to a new client');
   }
 
   #evictOldest(): void {

@@ -2,8 +2,8 @@
 // answer from memory and never reach HIMDS. 503 while draining, whatever the last check said.
 import type { Logger } from './log.js';
 
-/** Resolves when a token could be minted; rejects with the reason why not. */
-export type ReadinessCheck = (signal: AbortSignal) => Promise<void>;
+/** Resolves with why it is ready when a token could be minted; rejects with the reason why not. */
+export type ReadinessCheck = (signal: AbortSignal) => Promise<string | void>;
 
 export interface ReadinessState {
   readonly ready: boolean;
@@ -43,7 +43,7 @@ export class Readiness {
   checkNow(): Promise<void> {
     this.#running ??= this.#check(AbortSignal.timeout(this.#timeoutMs))
       .then(
-        () => this.#record(true, 'a token can be minted'),
+        (why) => this.#record(true, why ?? 'a token can be minted'),
         (err: unknown) => this.#record(false, (err as Error).message),
       )
       .finally(() => {
@@ -53,8 +53,8 @@ export class Readiness {
   }
 
   #record(ready: boolean, reason: string): void {
-    if (ready !== this.#ready || (!ready && reason !== this.#reason)) {
-      if (ready) this.#log.info('ready: a token can be minted');
+    if (ready !== this.#ready || reason !== this.#reason) {
+      if (ready) this.#log.info(`ready: ${reason}`);
       else this.#log.warn({ reason }, 'not ready');
     }
     this.#ready = ready;

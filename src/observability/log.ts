@@ -27,3 +27,12 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
   };
   return destination ? pino(options, destination) : pino(options);
 }
+
+/** Client-supplied text (URLs, resources) in log lines is cut to this many characters. */
+export const LOG_TEXT_MAX = 256;
+
+/** `text` cut to LOG_TEXT_MAX characters, saying how much was cut: a log line's size never follows the client. */
+export function clip(text: string | undefined): string | undefined {
+  if (text === undefined || text.length <= LOG_TEXT_MAX) return text;
+  return `${text.slice(0, LOG_TEXT_MAX)}…(${text.length - LOG_TEXT_MAX} more)`;
+}

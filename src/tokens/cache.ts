@@ -7,15 +7,20 @@
 //     refresh and is served the cached token; a failed refresh is retried with backoff meanwhile;
 //   - serve through outages, never past --min-remaining: a token with less validity left than that is never
 //     served from the cache (clients would consider it stale anyway), and never past its own expires_on;
-//   - forced refresh (bypass_cache / token_sha256_to_refresh) at most once per key per --force-refresh-interval;
-//   - no error caching: a failure is shared only by the requests that were waiting on that fetch.
+//   - forced refresh (bypass_cache / token_sha256_to_refresh) at most once per key per --force-refresh-interval,
+//     counted from the last attempt, successful or not; when it fails, a token still servable is the answer;
+//   - no error caching: a failure is shared only by the requests that were waiting on that fetch;
+//   - fetches belong to their waiters: when the last client waiting on a fetch goes away, the fetch is dropped
+//     (still queued: before it ever reaches the upstream; running: aborted, freeing its slot). Background
+//     refreshes are the cache's own and always run. Queued plus running fetches are bounded (--upstream-queue
+//     beyond --upstream-concurrency); past that a new key is refused at once, never queued.
 //
 // lru-cache is the store: bounded (least recently used evicted) with a per-entry TTL that ends when the token
 // stops being servable. Its fetch() is not used: its stale-while-revalidate cannot express "serve only while
 // min-remaining holds" or back off after a failed refresh, so single-flight is the small map below.
 import { LRUCache } from 'lru-cache';
 import { ImdsError } from '../imds/errors.js';
-import type { Logger } from '../observability/log.js';
+import { clip, type Logger } from '../observability/log.js';
 import { tokenRequest, type Token, type TokenRequest } from './token.js';
 
 /** How a request was served: the `result` label of arc_imds_token_cache_results_total. */
@@ -29,10 +34,11 @@ export interface Served {
 /** Where the token route gets tokens: the cache. */
 export interface TokenSource {
   /**
-   * No per-request signal: a fetch serves every request waiting on its key and carries its own deadline
-   * (fetchTimeoutMs), and a hit must not pay for a timer.
+   * A fetch serves every request waiting on its key and carries its own deadline (fetchTimeoutMs); `gone`
+   * aborts when this request's client has gone away (its waiting ends, and with the last waiter the fetch).
+   * A hit never looks at it.
    */
-  getToken(request: TokenRequest): Promise<Served>;
+  getToken(request: TokenRequest, gone?: AbortSignal): Promise<Served>;
 }
 
 export type FetchToken = (request: TokenRequest, signal: AbortSignal) => Promise<Token>;
@@ -52,6 +58,8 @@ export interface TokenCacheOptions {
   readonly forceRefreshIntervalMs: number;
   /** Upstream fetches at once; the rest queue. */
   readonly upstreamConcurrency: number;
+  /** Fetches that may wait for a slot; a new key beyond them is refused at once. */
+  readonly upstreamQueue: number;
   /** Deadline of one upstream fetch, queueing included. */
   readonly fetchTimeoutMs: number;
   readonly clock?: Clock;
@@ -62,6 +70,8 @@ export interface TokenCacheOptions {
 
 /** Refresh up to this fraction of the refresh delay early. */
 export const REFRESH_JITTER = 0.1;
+/** How long the slot of a fetch abandoned mid-flight rests before another fetch may take it. */
+export const ABANDONED_SLOT_REST_MS = 1000;
 /** Backoff after a failed background refresh: first pause, doubling, capped. */
 export const REFRESH_BACKOFF_MS = { first: 5_000, max: 300_000 } as const;
 
@@ -69,6 +79,8 @@ interface Entry {
   readonly token: Token;
   /** When the upstream fetch that produced it completed (ms). */
   readonly fetchedAt: number;
+  /** The last upstream attempt for this key, successful or not: what --force-refresh-interval counts from. */
+  lastAttemptAt: number;
   readonly refreshAt: number;
   /** Failed background refreshes in a row, and when the next may start. */
   failures: number;
@@ -78,25 +90,83 @@ interface Entry {
   readonly asRefreshing: Served;
 }
 
-/** A simple counting semaphore: bounded upstream concurrency, FIFO. */
-class Semaphore {
+/** Why a fetch ended without a token before it ever asked the upstream. */
+export class FetchDropped extends Error {
+  constructor(readonly reason: 'abandoned' | 'deadline') {
+    super(reason === 'abandoned' ? 'every client waiting for this token has gone away' : 'no upstream slot became free in time');
+    this.name = 'FetchDropped';
+  }
+}
+
+interface QueuedAcquire {
+  readonly resolve: () => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * A counting semaphore for upstream slots, FIFO. A queued acquire leaves the queue as soon as its signal aborts,
+ * so nobody's abandoned fetch holds a place. A freed slot is handed on in the next turn of the event loop:
+ * clients that hung up together are all seen gone before the next fetch starts, so a burst of abandoned
+ * requests is dropped whole instead of each reaching the upstream in turn.
+ */
+class Slots {
   #free: number;
-  readonly #waiting: (() => void)[] = [];
+  readonly #queue = new Set<QueuedAcquire>();
   constructor(size: number) {
     this.#free = size;
   }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
+  get queued(): number {
+    return this.#queue.size;
+  }
+  acquire(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.#free > 0 && this.#queue.size === 0) {
       this.#free--;
-      return;
+      return Promise.resolve();
     }
-    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    return new Promise<void>((resolve, reject) => {
+      const leave = () => {
+        this.#queue.delete(waiter);
+        reject(signal.reason);
+      };
+      const waiter: QueuedAcquire = {
+        resolve: () => {
+          signal.removeEventListener('abort', leave);
+          resolve();
+        },
+        reject,
+      };
+      signal.addEventListener('abort', leave, { once: true });
+      this.#queue.add(waiter);
+    });
   }
-  release(): void {
-    const next = this.#waiting.shift();
-    if (next) next();
-    else this.#free++;
+  /** Give a slot back, now (handed on in the next turn) or after `restMs`. */
+  release(restMs = 0): void {
+    const back = () => {
+      this.#free++;
+      this.#handOn();
+    };
+    if (restMs > 0) setTimeout(back, restMs).unref();
+    else setImmediate(back);
   }
+  #handOn(): void {
+    while (this.#free > 0) {
+      const next = this.#queue.values().next();
+      if (next.done) return;
+      this.#queue.delete(next.value);
+      this.#free--;
+      next.value.resolve();
+    }
+  }
+}
+
+/** One upstream fetch for one key, and who is waiting for it. */
+interface Fetch {
+  readonly token: Promise<Token>;
+  /** Clients waiting; a background refresh has none and is never dropped. */
+  waiters: number;
+  readonly background: boolean;
+  readonly abandon: AbortController;
 }
 
 export class TokenCache implements TokenSource {
@@ -106,8 +176,9 @@ export class TokenCache implements TokenSource {
   readonly #random: () => number;
   readonly #log: Logger;
   readonly #store: LRUCache<string, Entry>;
-  readonly #inflight = new Map<string, Promise<Token>>();
-  readonly #slots: Semaphore;
+  readonly #inflight = new Map<string, Fetch>();
+  readonly #slots: Slots;
+  readonly #maxFetches: number;
 
   constructor(fetchToken: FetchToken, options: TokenCacheOptions, log: Logger) {
     this.#fetchToken = fetchToken;
@@ -115,7 +186,8 @@ export class TokenCache implements TokenSource {
     this.#clock = options.clock ?? Date;
     this.#random = options.random ?? Math.random;
     this.#log = log;
-    this.#slots = new Semaphore(options.upstreamConcurrency);
+    this.#slots = new Slots(options.upstreamConcurrency);
+    this.#maxFetches = options.upstreamConcurrency + options.upstreamQueue;
     this.#store = new LRUCache<string, Entry>({
       max: options.maxEntries,
       perf: this.#clock,
@@ -132,7 +204,7 @@ export class TokenCache implements TokenSource {
     return this.#store.size;
   }
 
-  /** Upstream fetches in flight (one per key at most). */
+  /** Upstream fetches queued or running (one per key at most; bounded by --upstream-concurrency + --upstream-queue). */
   get inFlight(): number {
     return this.#inflight.size;
   }
@@ -156,19 +228,31 @@ export class TokenCache implements TokenSource {
     if (!entry) return undefined;
     const now = this.#clock.now();
     if (!this.#servable(entry, now)) return undefined;
-    if (request.forceRefresh && now - entry.fetchedAt >= this.#options.forceRefreshIntervalMs) return undefined;
+    // A forced refresh is due once per interval from the last attempt; one in flight is joined, never repeated.
+    if (request.forceRefresh && (now - entry.lastAttemptAt >= this.#options.forceRefreshIntervalMs || this.#inflight.has(key))) return undefined;
     if (now < entry.refreshAt) return entry.asHit;
     if (now >= entry.nextAttemptAt && !this.#inflight.has(key)) this.#refreshInBackground(key, request, entry);
     return entry.asRefreshing;
   }
 
-  async getToken(request: TokenRequest): Promise<Served> {
+  async getToken(request: TokenRequest, gone?: AbortSignal): Promise<Served> {
     const served = this.peek(request);
     if (served) return served;
     const key = request.subject;
     const entry = this.#store.peek(key);
-    const forced = entry !== undefined && this.#servable(entry, this.#clock.now()) && request.forceRefresh;
-    return this.#join(key, request, forced ? 'forced' : 'miss');
+    const now = this.#clock.now();
+    if (!(entry !== undefined && request.forceRefresh && this.#servable(entry, now))) return this.#join(key, request, 'miss', gone);
+    // Forced, with a servable token cached: the interval counts from this attempt, whatever its outcome, and
+    // if it fails the cached token is still the answer (the client asked for a newer one, not for an error).
+    if (!this.#inflight.has(key)) entry.lastAttemptAt = now;
+    try {
+      return await this.#join(key, request, 'forced', gone);
+    } catch (err) {
+      if (err instanceof ImdsError && err.code === 'client_closed') throw err;
+      if (!this.#servable(entry, this.#clock.now())) throw err;
+      this.#log.warn({ resource: clip(request.resource), err: (err as Error).message }, 'forced token refresh failed; serving the cached token');
+      return entry.asRefreshing;
+    }
   }
 
   /** Fetch the tokens given at start, so the first real requests are hits. Failures are logged, not fatal. */
@@ -187,43 +271,91 @@ export class TokenCache implements TokenSource {
     return entry.token.expiresOn * 1000 - now >= this.#options.minRemainingMs;
   }
 
-  /** Join the fetch in flight for this key, or start one. */
-  async #join(key: string, request: TokenRequest, result: 'miss' | 'forced'): Promise<Served> {
+  /** Join the fetch in flight for this key, or start one (if there is room). */
+  async #join(key: string, request: TokenRequest, result: 'miss' | 'forced', gone: AbortSignal | undefined): Promise<Served> {
     const inflight = this.#inflight.get(key);
-    if (inflight) return { token: await inflight, result: 'coalesced' };
-    return { token: await this.#startFetch(key, request), result };
+    if (inflight) return { token: await this.#wait(key, inflight, gone), result: 'coalesced' };
+    if (this.#inflight.size >= this.#maxFetches) {
+      throw new ImdsError('upstream_saturated', `${this.#inflight.size} token fetches are already queued or running`);
+    }
+    return { token: await this.#wait(key, this.#startFetch(key, request, false), gone), result };
   }
 
-  #startFetch(key: string, request: TokenRequest): Promise<Token> {
-    // The fetch belongs to no single client: a client that goes away does not cancel it for the others.
-    const signal = AbortSignal.timeout(this.#options.fetchTimeoutMs);
-    const fetching = (async () => {
-      await this.#slots.acquire();
+  /** Wait for a fetch as one of its clients; when the last client goes away, the fetch is dropped. */
+  #wait(key: string, fetch: Fetch, gone: AbortSignal | undefined): Promise<Token> {
+    fetch.waiters++;
+    // Without a signal (prefetch) the waiter stays until the fetch ends.
+    if (gone === undefined) return fetch.token;
+    if (gone.aborted) return this.#leave(key, fetch);
+    return new Promise<Token>((resolve, reject) => {
+      const leave = () => this.#leave(key, fetch).catch(reject);
+      gone.addEventListener('abort', leave, { once: true });
+      fetch.token.then(
+        (token) => {
+          gone.removeEventListener('abort', leave);
+          resolve(token);
+        },
+        (err: unknown) => {
+          gone.removeEventListener('abort', leave);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  #leave(key: string, fetch: Fetch): Promise<never> {
+    fetch.waiters--;
+    if (fetch.waiters === 0 && !fetch.background) {
+      if (this.#inflight.get(key) === fetch) this.#inflight.delete(key);
+      fetch.abandon.abort(new FetchDropped('abandoned'));
+    }
+    return Promise.reject(new ImdsError('client_closed'));
+  }
+
+  #startFetch(key: string, request: TokenRequest, background: boolean): Fetch {
+    // The fetch belongs to its waiters, not to one client: it ends at its own deadline or when they are all
+    // gone. One controller for both, and a timer cleared when the fetch ends, so a finished fetch holds nothing
+    // (AbortSignal.timeout would keep every fetch's closure alive until its deadline passed).
+    const abandon = new AbortController();
+    const deadline = setTimeout(() => abandon.abort(new FetchDropped('deadline')), this.#options.fetchTimeoutMs);
+    const signal = abandon.signal;
+    const token = (async () => {
       try {
-        // Waited in the queue past its deadline: do not start an upstream request nobody can use.
-        if (signal.aborted) throw new ImdsError('upstream_unavailable', 'no upstream slot became free in time');
-        const token = await this.#fetchToken(request, signal);
-        this.#store_(key, token);
-        return token;
-      } finally {
-        this.#slots.release();
+        await this.#slots.acquire(signal);
+      } catch {
+        throw (signal.reason as FetchDropped).reason === 'abandoned'
+          ? new ImdsError('client_closed')
+          : new ImdsError('upstream_unavailable', new FetchDropped('deadline').message);
       }
-    })();
-    this.#inflight.set(key, fetching);
+      try {
+        const fetched = await this.#fetchToken(request, signal);
+        this.#store_(key, fetched);
+        return fetched;
+      } finally {
+        // A fetch abandoned while the upstream had not answered: its slot rests before the next fetch takes it,
+        // so an upstream that is not answering is not sent a new request each time a client gives up.
+        const abandoned = signal.aborted && (signal.reason as FetchDropped).reason === 'abandoned';
+        this.#slots.release(abandoned ? ABANDONED_SLOT_REST_MS : 0);
+      }
+    })().finally(() => clearTimeout(deadline));
+    const fetch: Fetch = { token, waiters: 0, background, abandon };
+    this.#inflight.set(key, fetch);
     const forget = () => {
-      if (this.#inflight.get(key) === fetching) this.#inflight.delete(key);
+      if (this.#inflight.get(key) === fetch) this.#inflight.delete(key);
     };
-    fetching.then(forget, forget);
-    return fetching;
+    token.then(forget, forget);
+    return fetch;
   }
 
   #refreshInBackground(key: string, request: TokenRequest, entry: Entry): void {
+    // At the bound, the refresh waits for a later request: the cached token is still being served.
+    if (this.#inflight.size >= this.#maxFetches) return;
     const started = this.#clock.now();
     // The refresh is for the key, not for this request's extras.
-    this.#startFetch(key, request.forceRefresh ? tokenRequest(request.resource, request.selector) : request).then(
+    this.#startFetch(key, request.forceRefresh ? tokenRequest(request.resource, request.selector) : request, true).token.then(
       () => {
         this.#options.onRefresh?.(true);
-        this.#log.info({ resource: request.resource, selector: request.selector?.kind ?? 'system' }, 'token refreshed ahead of expiry');
+        this.#log.info({ resource: clip(request.resource), selector: request.selector?.kind ?? 'system' }, 'token refreshed ahead of expiry');
       },
       (err: unknown) => {
         this.#options.onRefresh?.(false);
@@ -232,7 +364,7 @@ export class TokenCache implements TokenSource {
         entry.nextAttemptAt = started + backoff * (1 + this.#random() / 2);
         this.#log.warn(
           {
-            resource: request.resource,
+            resource: clip(request.resource),
             failures: entry.failures,
             retryInMs: Math.round(entry.nextAttemptAt - this.#clock.now()),
             servableForS: Math.round((entry.token.expiresOn * 1000 - this.#options.minRemainingMs - this.#clock.now()) / 1000),
@@ -258,6 +390,7 @@ export class TokenCache implements TokenSource {
       {
         token,
         fetchedAt: now,
+        lastAttemptAt: now,
         refreshAt: this.refreshAt(now, token.expiresOn * 1000),
         failures: 0,
         nextAttemptAt: 0,
@@ -268,12 +401,18 @@ export class TokenCache implements TokenSource {
     );
   }
 
-  /** When to refresh a token fetched at `fetchedAt` (ms) that expires at `expiresAt` (ms). */
+  /**
+   * When to refresh a token fetched at `fetchedAt` (ms) that expires at `expiresAt` (ms): at --refresh-ratio of
+   * its lifetime, no later than --refresh-before ahead of expiry, and always inside the window in which it is
+   * servable (until --min-remaining before expiry) with half that window to spare. A token shorter-lived than
+   * --refresh-before would otherwise stop being servable before its refresh was due: an 8-minute token with
+   * the defaults is servable for 3 minutes, so it is refreshed after 1.5, not 4.
+   */
   refreshAt(fetchedAt: number, expiresAt: number): number {
     const lifetime = expiresAt - fetchedAt;
-    const byRatio = lifetime * this.#options.refreshRatio;
-    const latest = lifetime - this.#options.refreshBeforeMs;
-    const delay = latest > 0 ? Math.min(byRatio, latest) : byRatio;
+    const servable = lifetime - this.#options.minRemainingMs;
+    const latest = Math.max(lifetime - this.#options.refreshBeforeMs, servable / 2);
+    const delay = Math.min(lifetime * this.#options.refreshRatio, latest);
     return fetchedAt + delay * (1 - REFRESH_JITTER * this.#random());
   }
 }

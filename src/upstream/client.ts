@@ -50,7 +50,7 @@ function failureOutcome(err: ImdsError): UpstreamOutcome {
 export class UpstreamClient {
   readonly address: UpstreamAddress;
   readonly #pool: Pool;
-  /** Metadata passthrough has connections of its own: polling instance metadata cannot starve token fetches. */
+  /** Metadata passthrough's own connections (see get()). */
   readonly #metadataPool: Pool;
   readonly #attemptTimeoutMs: number;
   readonly #metrics: Metrics | undefined;
@@ -74,13 +74,17 @@ export class UpstreamClient {
     return this.address.kind === 'unix' ? `unix:${this.address.path}` : this.address.origin;
   }
 
-  /** One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. */
+  /**
+   * One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. Metadata
+   * passthrough has connections of its own, so polling instance metadata cannot starve token fetches.
+   */
   async get(leg: UpstreamLeg, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
     const started = performance.now();
     const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
+    const pool = leg === 'passthrough' ? this.#metadataPool : this.#pool;
     let response: Dispatcher.ResponseData;
     try {
-      response = await this.#pool.request({ path, method: 'GET', headers, signal: attempt });
+      response = await pool.request({ path, method: 'GET', headers, signal: attempt });
     } catch (err) {
       throw this.#failed(leg, started, this.#classify(err, attempt));
     }
@@ -91,19 +95,6 @@ export class UpstreamClient {
     } catch (err) {
       response.body.destroy();
       throw this.#failed(leg, started, err instanceof ImdsError ? err : this.#classify(err, attempt));
-    }
-  }
-
-  /** One GET whose body the caller streams (metadata passthrough). The caller must consume or destroy it. */
-  async open(path: string, headers: Record<string, string>, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
-    const started = performance.now();
-    const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
-    try {
-      const response = await this.#metadataPool.request({ path, method: 'GET', headers, signal: attempt });
-      this.#record('passthrough', started, statusOutcome(response.statusCode));
-      return response;
-    } catch (err) {
-      throw this.#failed('passthrough', started, this.#classify(err, attempt));
     }
   }
 

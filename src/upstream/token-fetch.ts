@@ -79,15 +79,19 @@ export class TokenFetcher {
    * answered as far as reading the key, which is not presented: nothing is minted, and the unused key expires
    * on its own. A relay answers the first leg with a token (from its cache), which must be valid.
    */
-  async checkCanMint(resource: string, signal: AbortSignal): Promise<void> {
+  async checkCanMint(resource: string, signal: AbortSignal): Promise<string> {
     const path = this.#path(tokenRequest(resource));
     const response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
     if (response.status === 401) {
       await this.#answerChallenge(response);
-      return;
+      return 'a token can be minted';
     }
+    // A relay restricted by --allow-resource refuses the readiness resource: it answered, so the chain through
+    // it is up, and requests for the resources it allows are served.
+    if (response.status === 403) return `the upstream answers (its policy refuses ${resource}; allowed resources are served)`;
     if (response.status !== 200) throw upstreamFailure(response);
     parseToken(response.body, undefined, Date.now() / 1000);
+    return 'a token can be minted';
   }
 
   /** The upstream request: HIMDS's api-version, the resource, the selector; nothing else of the client's. */
@@ -126,8 +130,9 @@ export function upstreamFailure(response: UpstreamResponse): ImdsError {
       return new ImdsError('upstream_error', `400: ${shortText(description ?? error ?? '')} (check --himds-api-version)`);
     case response.status === 400:
       return new ImdsError('upstream_rejected', shortText(description ?? error ?? 'no reason given'));
-    case response.status >= 500:
-      return new ImdsError('upstream_error', `${response.status}${description ? `: ${shortText(description)}` : ''}`);
+    // Other 5xx keep their status (a 502 or 504 from a proxy in between says more than a 500 would).
+    case response.status >= 500 && response.status <= 599:
+      return new ImdsError('upstream_error', `${response.status}${description ? `: ${shortText(description)}` : ''}`, { status: response.status });
     default:
       return new ImdsError('upstream_bad_response', `unexpected status ${response.status}`);
   }

@@ -67,18 +67,27 @@ t.test('upstream down: an IMDS-shaped 503', async (t) => {
   t.equal((await stack.get('/metadata/instance?api-version=2021-02-01')).status, 200, 'and back when it is');
 });
 
-t.test('an upstream that dies mid-body ends the client connection, not the proxy', async (t) => {
+t.test('an upstream that dies or stalls mid-body: a 5xx, never a truncated 200', async (t) => {
+  let mode: 'die' | 'stall' = 'die';
   const upstream = await scriptedUpstream((_req, res) => {
     res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': '1000' });
     res.write('{"partial":');
-    setTimeout(() => res.socket?.destroy(), 20);
+    if (mode === 'die') setTimeout(() => res.socket?.destroy(), 20);
   });
-  const stack = await startStack({ upstream: upstream.url });
+  const stack = await startStack({ upstream: upstream.url, proxy: { upstreamTimeoutMs: 300 } });
   t.teardown(async () => {
     await stack.close();
     await upstream.close();
   });
-  await t.rejects(stack.get('/metadata/instance?api-version=2021-02-01'), 'the client sees a broken response');
+  const died = await stack.get('/metadata/instance?api-version=2021-02-01');
+  t.equal(died.status, 503, 'upstream died mid-body');
+  t.equal(died.json.error, 'temporarily_unavailable');
+  t.notMatch(died.text, /partial/, 'nothing of the partial body reaches the client');
+  mode = 'stall';
+  const stalled = await stack.get('/metadata/instance?api-version=2021-02-01');
+  t.equal(stalled.status, 503, 'upstream stalled mid-body');
+  t.match(stalled.json.error_description, /in time/);
+  t.ok(Number(stalled.headers['retry-after']) >= 1, 'with Retry-After');
   const again = await stack.get('/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x', {});
   t.equal(again.status, 400, 'the proxy is still serving');
 });

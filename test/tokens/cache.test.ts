@@ -43,7 +43,7 @@ const flush = () => new Promise((r) => setImmediate(r));
 function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
   return new TokenCache(fetch, {
     maxEntries: 1000, minRemainingMs: 5 * MIN, refreshRatio: 0.5, refreshBeforeMs: 10 * MIN, forceRefreshIntervalMs: 30_000,
-    upstreamConcurrency: 16, fetchTimeoutMs: 15_000, clock, random, ...options,
+    upstreamConcurrency: 16, upstreamQueue: 256, fetchTimeoutMs: 15_000, clock, random, ...options,
   }, log);
 }
 
@@ -99,7 +99,16 @@ t.test('refresh ahead: at half life for long tokens, in the background, with jit
   t.equal(early.refreshAt(0, 24 * HOUR), 12 * HOUR * 0.9, 'full jitter: 10% earlier');
   t.equal(cache.refreshAt(0, 24 * HOUR), 12 * HOUR, 'no jitter: exactly half');
   t.equal(cache.refreshAt(0, 15 * MIN), 5 * MIN, 'a 15-minute token refreshes 10 minutes before expiry, not at half');
-  t.equal(cache.refreshAt(0, 8 * MIN), 4 * MIN, 'a token shorter than refresh-before: at half life');
+  // An 8-minute token is servable for 3 minutes (min-remaining 5): its refresh starts inside that window, with
+  // half of it to spare, not at half life (4 minutes), when it could no longer be served.
+  t.equal(cache.refreshAt(0, 8 * MIN), 1.5 * MIN, 'a token shorter than refresh-before: inside its servable window');
+  for (const lifetime of [5.5 * MIN, 6 * MIN, 8 * MIN, 10 * MIN, 14 * MIN, 15 * MIN, 20 * MIN, HOUR]) {
+    // The latest a refresh can be due (no jitter) leaves half the servable window, or the 5 minutes between
+    // refresh-before and min-remaining, whichever is less.
+    const servable = lifetime - 5 * MIN;
+    const at = cache.refreshAt(0, lifetime);
+    t.ok(servable - at >= Math.min(servable / 2, 5 * MIN), `a ${lifetime / MIN}-minute token: refresh due while servable, with a margin`);
+  }
   for (const r of [0, 0.25, 0.5, 0.99]) {
     const at = cacheWith(clock, up.fetch, {}, () => r).refreshAt(0, 2 * HOUR);
     t.ok(at <= HOUR && at >= HOUR * 0.9, `jitter ${r}: within [0.9, 1] x half life`);
@@ -181,6 +190,118 @@ t.test('forced refresh, limited per key', async (t) => {
   clock.advance(30_000);
   await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
   t.equal(up.calls.length, 3, 'a concurrent burst after the window: one fetch');
+});
+
+t.test('forced refresh during an outage: the cached token, and the interval counts from the failed attempt', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch);
+  const first = await cache.getToken(request());
+  clock.advance(60_000);
+  up.plan.push(async () => {
+    throw new ImdsError('upstream_unavailable', 'connection refused');
+  });
+  const forced = await cache.getToken(request(undefined, { forceRefresh: true }));
+  t.equal(forced.token.accessToken, first.token.accessToken, 'the failed forced fetch answers the cached token');
+  t.equal(forced.result, 'refreshing');
+  t.equal(up.calls.length, 2, 'one attempt');
+  const burst = await Promise.all(Array.from({ length: 20 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
+  t.equal(up.calls.length, 2, 'more forced requests within the interval of the failed attempt: no fetch');
+  t.ok(burst.every((s) => s.token.accessToken === first.token.accessToken && s.result === 'hit'));
+  t.ok(logs.some((l) => l.includes('forced token refresh failed; serving the cached token')));
+  clock.advance(30_000);
+  const later = await cache.getToken(request(undefined, { forceRefresh: true }));
+  t.equal(up.calls.length, 3, 'after the interval: one new attempt');
+  t.equal(later.result, 'forced');
+  t.not(later.token.accessToken, first.token.accessToken);
+});
+
+t.test('forced requests during a forced fetch join it', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch);
+  const first = await cache.getToken(request());
+  clock.advance(60_000);
+  let finish!: () => void;
+  up.plan.push(() => new Promise((resolve) => (finish = () => resolve(up.token()))));
+  const leader = cache.getToken(request(undefined, { forceRefresh: true }));
+  await flush();
+  const follower = cache.getToken(request(undefined, { forceRefresh: true }));
+  await flush();
+  finish();
+  const [a, b] = await Promise.all([leader, follower]);
+  t.equal(up.calls.length, 2);
+  t.equal(b.result, 'coalesced', 'the second forced request waits for the new token');
+  t.equal(a.token.accessToken, b.token.accessToken);
+  t.not(b.token.accessToken, first.token.accessToken);
+});
+
+t.test('fetches belong to their waiters: abandoned ones are dropped before they reach the upstream', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const hung: (() => void)[] = [];
+  const fetch = (r: TokenRequest, signal: AbortSignal) => {
+    up.calls.push(r);
+    return new Promise<Token>((resolve, reject) => {
+      hung.push(() => resolve(up.token()));
+      signal.addEventListener('abort', () => reject(new ImdsError('upstream_unavailable', 'aborted')), { once: true });
+    });
+  };
+  const cache = new TokenCache(fetch, {
+    maxEntries: 1000, minRemainingMs: 5 * MIN, refreshRatio: 0.5, refreshBeforeMs: 10 * MIN, forceRefreshIntervalMs: 30_000,
+    upstreamConcurrency: 2, upstreamQueue: 3, fetchTimeoutMs: 15_000, clock, random: () => 0,
+  }, log);
+  const clients = Array.from({ length: 5 }, (_, i) => ({ gone: new AbortController(), resource: `https://r${i}/` }));
+  const waits = clients.map((c) => cache.getToken(request(c.resource), c.gone.signal).catch((e: unknown) => e));
+  await flush();
+  t.equal(cache.inFlight, 5, 'two running, three queued');
+  t.equal(up.calls.length, 2, 'only two reached the upstream');
+  const full = await cache.getToken(request('https://r-more/'), new AbortController().signal).catch((e: unknown) => e);
+  t.type(full, ImdsError);
+  t.equal((full as ImdsError).code, 'upstream_saturated', 'beyond the bound: refused at once');
+
+  // Two clients wait for r0: one hanging up does not cancel it for the other.
+  const second = new AbortController();
+  const shared = cache.getToken(request('https://r0/'), second.signal);
+  for (const c of clients) c.gone.abort();
+  const outcomes = await Promise.all(waits);
+  t.ok(outcomes.every((e) => e instanceof ImdsError && e.code === 'client_closed'), 'the clients that left are told so');
+  await flush();
+  await flush();
+  t.equal(cache.inFlight, 1, 'abandoned fetches are gone; r0 still has a client');
+  t.equal(up.calls.length, 2, 'no queued fetch reached the upstream after its clients left');
+  hung[0]!();
+  t.equal((await shared).result, 'coalesced', 'the remaining client gets its token');
+  await flush();
+  t.equal(cache.inFlight, 0);
+  // The slots freed by aborted fetches serve new clients at once.
+  const fresh = cache.getToken(request('https://new/'), new AbortController().signal);
+  await flush();
+  await flush();
+  t.equal(up.calls.length, 3, 'a new resource reaches the upstream');
+  hung.at(-1)!();
+  t.equal((await fresh).result, 'miss');
+});
+
+t.test('a background refresh is the cache\'s own: clients that join and leave do not cancel it', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch);
+  await cache.getToken(request());
+  clock.advance(13 * HOUR);
+  let finish!: () => void;
+  up.plan.push(() => new Promise((resolve) => (finish = () => resolve(up.token()))));
+  t.equal(cache.peek(request())?.result, 'refreshing', 'the refresh starts');
+  const gone = new AbortController();
+  const forced = cache.getToken(request(undefined, { forceRefresh: true }), gone.signal).catch((e: unknown) => e);
+  await flush();
+  gone.abort();
+  t.equal(((await forced) as ImdsError).code, 'client_closed');
+  t.equal(cache.inFlight, 1, 'the refresh still runs');
+  finish();
+  await flush();
+  t.equal(cache.inFlight, 0);
+  t.equal(cache.peek(request())?.result, 'hit', 'and its token is cached');
 });
 
 t.test('no error caching', async (t) => {
