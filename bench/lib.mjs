@@ -225,7 +225,7 @@ export function cpuSeconds(pid) {
 /** CPU seconds of the whole machine that were busy (not idle or iowait) so far, from /proc/stat. */
 export function machineBusySeconds() {
   const [, ...ticks] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).map(Number);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = ticks;
+  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks;
   return (user + nice + system + irq + softirq + steal) / CLK_TCK;
 }
 

@@ -56,7 +56,7 @@ function describe(frame) {
     const rel = path.relative(ROOT, file);
     const map = rel.startsWith('dist') ? sourceMapFor(frame.url) : undefined;
     const entry = map?.findEntry(frame.lineNumber, frame.columnNumber);
-    if (entry && entry.originalSource) {
+    if (entry?.originalSource) {
       const src = entry.originalSource.startsWith('file://') ? fileURLToPath(entry.originalSource) : path.resolve(path.dirname(file), entry.originalSource);
       where = `${path.relative(ROOT, src)}:${entry.originalLine + 1}`;
     } else {

@@ -2,134 +2,45 @@
 // variables with every problem reported at once, exit codes, and a real `serve` in front of a real
 // `emulate-himds`, both as child processes. Everything listens on and talks to 127.0.0.1 only.
 import t, { type Test } from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Child, builtCli, cleanEnv, runToEnd, type Exit, type Ran } from './fixtures/process.js';
 import { ARM, get } from './fixtures/stack.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = path.join(ROOT, 'dist', 'cli.js');
+const CLI = builtCli();
 const { version } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
 const PREFIX = 'arc-imds-proxy: ';
 const TOKEN_QUERY = `/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`;
 
-if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first (npm test does it as pretest)`);
 
-/** The test's environment without anything that would configure the CLI behind the test's back. */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (k.startsWith('ARC_IMDS_') || k === 'IMDS_ENDPOINT' || k === 'IDENTITY_ENDPOINT') continue;
-    env[k] = v;
-  }
-  // No admin listener unless a test asks: its fixed default port would collide between concurrent serves.
-  return { ...env, ARC_IMDS_ADMIN_LISTEN: 'off', ...extra };
-}
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-interface Spawned {
-  readonly child: ChildProcess;
-  readonly exited: Promise<Exit>;
-  stdout(): string;
-  stderr(): string;
-  /** The first JSON log line on stdout matching `msg` (and `pred`), waiting up to timeoutMs. */
-  logLine(msg: string, timeoutMs?: number, pred?: (line: Record<string, any>) => boolean): Promise<Record<string, any>>;
-  /** All JSON log lines with this msg seen so far. */
-  logLines(msg: string): Record<string, any>[];
-}
-
-function jsonLines(text: string): Record<string, any>[] {
-  const out: Record<string, any>[] = [];
-  for (const line of text.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      out.push(JSON.parse(line) as Record<string, any>);
-    } catch {
-      // a partial line; it will be complete on the next read
-    }
-  }
-  return out;
-}
+/** The test's environment, with no admin listener unless a test asks: its fixed default port would collide
+ * between concurrent serves. */
+const testEnv = (extra: Record<string, string> = {}) => cleanEnv({ ARC_IMDS_ADMIN_LISTEN: 'off', ...extra });
 
 /** Start the CLI; it is killed in teardown whatever happens to the test. */
-function start(t: Test, args: string[], env: NodeJS.ProcessEnv = cleanEnv()): Spawned {
-  const child = spawn(process.execPath, [CLI, ...args], { env, cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<Exit>((resolve) => {
-    child.once('close', (code, signal) => resolve({ code, signal }));
-    child.once('error', () => resolve({ code: null, signal: null }));
-  });
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
-  });
-  const logLines = (msg: string) => jsonLines(out).filter((l) => l.msg === msg);
-  const logLine = (msg: string, timeoutMs = 8000, pred: (l: Record<string, any>) => boolean = () => true) =>
-    new Promise<Record<string, any>>((resolve, reject) => {
-      const check = () => {
-        const found = logLines(msg).find(pred);
-        if (found) {
-          cleanup();
-          resolve(found);
-        }
-      };
-      const onClose = () => {
-        check();
-        cleanup();
-        reject(new Error(`exited (code ${child.exitCode}) before logging '${msg}'. stdout: ${out} stderr: ${err}`));
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`no '${msg}' log line within ${timeoutMs} ms. stdout: ${out} stderr: ${err}`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        child.stdout!.off('data', check);
-        child.off('close', onClose);
-      };
-      child.stdout!.on('data', check);
-      child.once('close', onClose);
-      check();
-    });
-  return { child, exited, stdout: () => out, stderr: () => err, logLine, logLines };
+function start(t: Test, args: string[], env: NodeJS.ProcessEnv = testEnv()): Child {
+  return new Child('cli', [process.execPath, CLI, ...args], { env, t });
 }
 
 /** Run the CLI to completion (killed after timeoutMs). */
-async function run(t: Test, args: string[], env?: NodeJS.ProcessEnv, timeoutMs = 8000): Promise<Exit & { stdout: string; stderr: string }> {
-  const s = start(t, args, env);
-  const timer = setTimeout(() => s.child.kill('SIGKILL'), timeoutMs);
-  const exit = await s.exited;
-  clearTimeout(timer);
-  return { ...exit, stdout: s.stdout(), stderr: s.stderr() };
+function run(t: Test, args: string[], env: NodeJS.ProcessEnv = testEnv(), timeoutMs = 8000): Promise<Ran> {
+  return runToEnd('cli', [process.execPath, CLI, ...args], { env, t, timeoutMs });
 }
 
 function stderrLines(stderr: string): string[] {
   return stderr.split('\n').filter((l) => l !== '');
 }
 
-/** Stop a running child with a signal; resolves with its exit. */
-async function stop(s: Spawned, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 8000): Promise<Exit> {
-  s.child.kill(signal);
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<Exit>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`did not exit within ${timeoutMs} ms of ${signal}`)), timeoutMs);
-  });
-  try {
-    return await Promise.race([s.exited, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** Stop a running child with a signal; resolves with its exit (a kill after timeoutMs fails the test). */
+async function stop(s: Child, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 8000): Promise<Exit> {
+  const { killed, ...exit } = await s.stop(signal, timeoutMs);
+  if (killed) throw new Error(`did not exit within ${timeoutMs} ms of ${signal}`);
+  return exit;
 }
 
 const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/.exec(String(listening.address))?.[1]);
@@ -211,9 +122,9 @@ t.test('bad configuration: every problem at once, one line each, exit 2', async 
   const [serve, emulator, fromEnv, serveLevel] = await Promise.all([
     run(t, ['serve', '--listen', 'nope', '--upstream', 'https://127.0.0.1:40342', '--tokens-dir', 'relative/tokens', '--log-level', 'loud']),
     run(t, ['emulate-himds', '--listen', 'localhost:1', '--fail-status', '200', '--user-assigned', 'maybe', '--key-ttl', '0']),
-    run(t, ['serve'], cleanEnv({ ARC_IMDS_LOG_LEVEL: 'loud', ARC_IMDS_TOKENS_DIR: 'rel', ARC_IMDS_LISTEN: '127.0.0.1:0,bad' })),
+    run(t, ['serve'], testEnv({ ARC_IMDS_LOG_LEVEL: 'loud', ARC_IMDS_TOKENS_DIR: 'rel', ARC_IMDS_LISTEN: '127.0.0.1:0,bad' })),
     run(t, ['serve', '--listen', '127.0.0.1:8080', '--listen', '127.0.0.1:8080', '--request-timeout', '1s', '--upstream-timeout', '5s'],
-      cleanEnv({ IMDS_ENDPOINT: 'https://localhost:40342' })),
+      testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' })),
   ]);
 
   t.equal(serve.code, 2, 'serve: exit 2');
@@ -251,14 +162,14 @@ t.test('bad configuration: every problem at once, one line each, exit 2', async 
 
 t.test('all problems at once, across option parsing and serve checks', async (t) => {
   const r = await run(t, ['serve', '--log-level', 'loud', '--request-timeout', '1s', '--upstream-timeout', '5s'],
-    cleanEnv({ IMDS_ENDPOINT: 'https://localhost:40342' }));
+    testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' }));
   t.equal(r.code, 2, 'exit 2');
   t.match(r.stderr, /--log-level: 'loud'/, 'the option problem is reported');
   t.equal(stderrLines(r.stderr).length, 3, `log level, IMDS_ENDPOINT and the timeouts together:\n${r.stderr}`);
 });
 
 t.test('an ARC_IMDS_LISTEN naming no address is a configuration error', async (t) => {
-  const r = await run(t, ['serve', '--upstream', 'http://127.0.0.1:40342'], cleanEnv({ ARC_IMDS_LISTEN: ' , ' }), 5000);
+  const r = await run(t, ['serve', '--upstream', 'http://127.0.0.1:40342'], testEnv({ ARC_IMDS_LISTEN: ' , ' }), 5000);
   t.not(r.signal, 'SIGKILL', 'does not hang');
   t.equal(r.code, 2, `exit 2 (got ${r.code}), stderr: ${r.stderr}`);
   t.match(r.stderr, /ARC_IMDS_LISTEN/, 'the variable is named');
@@ -266,19 +177,19 @@ t.test('an ARC_IMDS_LISTEN naming no address is a configuration error', async (t
 
 t.test('environment variables, precedence, and IMDS_ENDPOINT', async (t) => {
   // Two listeners from one comma-separated variable; the upstream from ARC_IMDS_UPSTREAM.
-  const two = start(t, ['serve'], cleanEnv({
+  const two = start(t, ['serve'], testEnv({
     ARC_IMDS_LISTEN: '127.0.0.1:0, 127.0.0.1:0',
     ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40399',
     IMDS_ENDPOINT: 'http://localhost:40342',
   }));
   // Flags win over the environment: the env values would fail (an absent address) or point elsewhere.
-  const flagsWin = start(t, ['serve', '--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:40398'], cleanEnv({
+  const flagsWin = start(t, ['serve', '--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:40398'], testEnv({
     ARC_IMDS_LISTEN: '192.0.2.1:0',
     ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40397',
   }));
   // IMDS_ENDPOINT (set by the Arc agent) is the upstream when nothing else is; localhost becomes 127.0.0.1.
-  const imdsEndpoint = start(t, ['serve', '--listen', '127.0.0.1:0'], cleanEnv({ IMDS_ENDPOINT: 'http://localhost:40396' }));
-  const byDefault = start(t, ['serve', '--listen', '127.0.0.1:0'], cleanEnv());
+  const imdsEndpoint = start(t, ['serve', '--listen', '127.0.0.1:0'], testEnv({ IMDS_ENDPOINT: 'http://localhost:40396' }));
+  const byDefault = start(t, ['serve', '--listen', '127.0.0.1:0'], testEnv());
 
   await two.logLine('listening', 8000, () => two.logLines('listening').length >= 2);
   const lines = two.logLines('listening');
@@ -311,7 +222,7 @@ t.test('environment variables, precedence, and IMDS_ENDPOINT', async (t) => {
   t.same(exits, [
     { code: 0, signal: null }, { code: 0, signal: null }, { code: 0, signal: null }, { code: 0, signal: null },
   ], 'SIGTERM and SIGINT -> exit 0');
-  for (const s of [two, flagsWin, imdsEndpoint, byDefault]) t.equal(s.stderr(), '', 'nothing on stderr');
+  for (const s of [two, flagsWin, imdsEndpoint, byDefault]) t.equal(s.stderr, '', 'nothing on stderr');
 });
 
 t.test('serve in front of emulate-himds serves a token end to end', async (t) => {
@@ -360,8 +271,8 @@ t.test('serve in front of emulate-himds serves a token end to end', async (t) =>
   t.same(await stop(proxy), { code: 0, signal: null }, 'serve: SIGTERM -> exit 0');
   t.same(await stop(emulator), { code: 0, signal: null }, 'emulate-himds: SIGTERM -> exit 0');
   t.same(await readdir(tokensDir), [], 'no key files left behind');
-  t.equal(proxy.stderr(), '');
-  t.equal(emulator.stderr(), '');
+  t.equal(proxy.stderr, '');
+  t.equal(emulator.stderr, '');
 });
 
 t.test('listen failures', async (t) => {

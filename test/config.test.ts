@@ -1,6 +1,8 @@
 // Configuration parsing in process: value parsers, precedence, and every problem reported at once.
 import t from 'tap';
-import { ConfigError, parseDuration, parseListenAddress, parseServe, parseUpstream } from '../src/config.js';
+import { parseServe } from '../src/commands/serve.js';
+import { ConfigError } from '../src/options/parser.js';
+import { parseDuration, parseListenAddress, parseUpstream } from '../src/values/parsers.js';
 
 const problemsOf = (argv: string[], env: NodeJS.ProcessEnv = {}): string[] => {
   try {
@@ -20,7 +22,7 @@ t.test('durations', async (t) => {
   t.equal(parseDuration('250ms'), 250);
   t.equal(parseDuration('1.5s'), 1500);
   for (const bad of ['', 'm', '5 m', '-5s', '5d', '1e3']) t.throws(() => parseDuration(bad), `'${bad}' refused`);
-  t.equal(parseDuration('24d'.replace('d', '') + 'h'), 86_400_000);
+  t.equal(parseDuration(`${'24d'.replace('d', '')}h`), 86_400_000);
   t.throws(() => parseDuration('600h'), /too long \(at most 24 days\)/, 'longer than a Node timer can hold');
 });
 
@@ -109,7 +111,7 @@ t.test('socket options', async (t) => {
 });
 
 t.test('probe follows ARC_IMDS_ADMIN_LISTEN unless told otherwise', async (t) => {
-  const { parseProbe } = await import('../src/config.js');
+  const { parseProbe } = await import('../src/commands/probe.js');
   t.equal(parseProbe([], {}).config.url, 'http://127.0.0.1:9464/readyz', 'the default admin address');
   t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:9500/readyz', 'all interfaces: ask loopback');
   t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '[::]:9500' }).config.url, 'http://[::1]:9500/readyz');

@@ -8,7 +8,7 @@
 // does before it sends anything). Namespaces get random names and are always deleted; every process is
 // started in its own process group and killed by that group's id (SIGTERM, then SIGKILL after a bounded
 // wait), in teardown, whatever happens to the tests. Needs root and `ip netns`; skipped with a reason otherwise.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -18,6 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { claimsOf } from './fixtures/interop.js';
+import { Child, runToEnd, type Ran } from './fixtures/process.js';
 import { get } from './fixtures/stack.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -70,22 +71,8 @@ if (!skip && !existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run 
 // ---------------------------------------------------------------------------------------------------------
 
 const namespaces = new Set<string>();
-const processes = new Set<Proc>();
+const processes = new Set<Child>();
 const tempDirs = new Set<string>();
-
-function running(child: ChildProcess): boolean {
-  return child.exitCode === null && child.signalCode === null;
-}
-
-/** Signal a process group we started; false when it is gone. */
-function signalGroup(pid: number, signal: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pid, signal);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Stop what is still running (SIGTERM, then SIGKILL after a bounded wait), delete namespaces and files. */
 async function cleanUp(): Promise<void> {
@@ -108,7 +95,7 @@ async function cleanUp(): Promise<void> {
 
 /** The same, synchronously and at once: for process exit and fatal signals, where nothing async will run. */
 function cleanUpNow(): void {
-  for (const p of processes) if (p.pid !== undefined && running(p.child)) signalGroup(p.pid, 'SIGKILL');
+  for (const p of processes) if (p.running) p.signal('SIGKILL');
   for (const name of namespaces) {
     const del = spawnSync('ip', ['netns', 'del', name], { encoding: 'utf8', timeout: 5000, env: { PATH: PATH_ENV } });
     if (del.status === 0) namespaces.delete(name);
@@ -152,114 +139,13 @@ const inNamespace = (name: string, argv: string[]) => ['ip', 'netns', 'exec', na
 // Processes: each in its own group (detached), so the group id reaches whatever `ip netns exec` ran
 // ---------------------------------------------------------------------------------------------------------
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-type LogLine = Record<string, any>;
-
-class Proc {
-  readonly child: ChildProcess;
-  readonly pid: number | undefined;
-  readonly exited: Promise<Exit>;
-  #out = '';
-  #err = '';
-
-  constructor(readonly label: string, argv: string[], env: NodeJS.ProcessEnv = { PATH: PATH_ENV }) {
-    const [cmd, ...args] = argv;
-    this.child = spawn(cmd!, args, { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.pid = this.child.pid;
-    processes.add(this);
-    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.#out += d));
-    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.#err += d));
-    this.exited = new Promise<Exit>((resolve) => {
-      this.child.once('close', (code, signal) => resolve({ code, signal }));
-      this.child.once('error', () => resolve({ code: null, signal: null }));
-    });
-    void this.exited.then(() => processes.delete(this));
-  }
-
-  get stdout(): string {
-    return this.#out;
-  }
-
-  get stderr(): string {
-    return this.#err;
-  }
-
-  logLines(msg?: string): LogLine[] {
-    const lines: LogLine[] = [];
-    for (const line of this.#out.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const parsed = JSON.parse(line) as LogLine;
-        if (msg === undefined || parsed.msg === msg) lines.push(parsed);
-      } catch {
-        // a line still being written
-      }
-    }
-    return lines;
-  }
-
-  /** The first JSON log line with this msg (and pred), within timeoutMs; rejects if the process exits first. */
-  logLine(msg: string, timeoutMs = 8000, pred: (l: LogLine) => boolean = () => true): Promise<LogLine> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = this.logLines(msg).find(pred);
-        if (found) {
-          cleanup();
-          resolve(found);
-        }
-      };
-      const onClose = () => {
-        check();
-        cleanup();
-        reject(new Error(`${this.label} exited (${this.child.exitCode ?? this.child.signalCode}) before logging '${msg}'. stdout: ${this.#out} stderr: ${this.#err}`));
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`${this.label}: no '${msg}' log line within ${timeoutMs} ms. stdout: ${this.#out} stderr: ${this.#err}`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.child.stdout!.off('data', check);
-        this.child.off('close', onClose);
-      };
-      this.child.stdout!.on('data', check);
-      this.child.once('close', onClose);
-      check();
-    });
-  }
-
-  /** Signal the group; SIGKILL it if it has not exited within timeoutMs. */
-  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 3000): Promise<Exit & { killed: boolean }> {
-    if (this.pid === undefined || !running(this.child)) return { ...(await this.exited), killed: false };
-    signalGroup(this.pid, signal);
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)));
-    const first = await Promise.race([this.exited, late]);
-    clearTimeout(timer);
-    if (first !== 'late') return { ...first, killed: false };
-    signalGroup(this.pid, 'SIGKILL');
-    return { ...(await this.exited), killed: true };
-  }
-}
-
-interface Ran extends Exit {
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+/** A process in its own group (so the group id reaches whatever `ip netns exec` ran), in `processes`. */
+const proc = (label: string, argv: string[], env: NodeJS.ProcessEnv = { PATH: PATH_ENV }) =>
+  new Child(label, argv, { env, detached: true, registry: processes });
 
 /** Run to completion; SIGKILLed (the whole group) after timeoutMs. */
-async function run(label: string, argv: string[], timeoutMs = 8000, env?: NodeJS.ProcessEnv): Promise<Ran> {
-  const started = performance.now();
-  const p = new Proc(label, argv, env);
-  const timer = setTimeout(() => void p.stop('SIGKILL'), timeoutMs);
-  const exit = await p.exited;
-  clearTimeout(timer);
-  return { ...exit, stdout: p.stdout, stderr: p.stderr, ms: Math.round(performance.now() - started) };
+function run(label: string, argv: string[], timeoutMs = 8000, env: NodeJS.ProcessEnv = { PATH: PATH_ENV }): Promise<Ran> {
+  return runToEnd(label, argv, { env, detached: true, registry: processes, timeoutMs });
 }
 
 /** `ip` in the root namespace, for reading a namespace's state (`ip -n NS …`). */
@@ -347,13 +233,13 @@ interface Topology {
   readonly dir: string;
   readonly socket: string;
   readonly tokensDir: string;
-  readonly emulator: Proc;
+  readonly emulator: Child;
   readonly emulatorUrl: string;
-  relay: Proc;
-  readonly sidecar: Proc;
+  relay: Child;
+  readonly sidecar: Child;
   readonly startMs: number;
   stats(): Promise<{ tokensIssued: number; challenges: number; tokenRequests: number }>;
-  startRelay(): Promise<Proc>;
+  startRelay(): Promise<Child>;
 }
 
 let topologyPromise: Promise<Topology> | undefined;
@@ -367,7 +253,7 @@ function topology(): Promise<Topology> {
     const tokensDir = path.join(dir, 'tokens');
     const socket = path.join(dir, 'run', 'imds.sock');
 
-    const emulator = new Proc('emulator', [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', tokensDir]);
+    const emulator = proc('emulator', [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', tokensDir]);
     const emulatorUrl = String((await emulator.logLine('HIMDS emulator listening')).url);
     if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(emulatorUrl)) throw new Error(`unexpected emulator url ${emulatorUrl}`);
 
@@ -376,13 +262,13 @@ function topology(): Promise<Topology> {
     // traffic at their own times to the counts asserted here.
     const env = { PATH: PATH_ENV, ARC_IMDS_ADMIN_LISTEN: 'off' };
     const startRelay = async () => {
-      const relay = new Proc('relay', [NODE, CLI, 'serve', '--listen', `unix:${socket}`, '--upstream', emulatorUrl, '--tokens-dir', tokensDir, '--log-level', 'debug'], env);
+      const relay = proc('relay', [NODE, CLI, 'serve', '--listen', `unix:${socket}`, '--upstream', emulatorUrl, '--tokens-dir', tokensDir, '--log-level', 'debug'], env);
       await relay.logLine('listening');
       return relay;
     };
     const relay = await startRelay();
     // The default tokens dir is fine: the sidecar answers no challenge, so it never reads a key.
-    const sidecar = new Proc('sidecar', inNamespace(ns, [NODE, CLI, 'serve', '--listen', `${IMDS_ADDRESS}:80`, '--upstream', `unix:${socket}`, '--log-level', 'debug']), env);
+    const sidecar = proc('sidecar', inNamespace(ns, [NODE, CLI, 'serve', '--listen', `${IMDS_ADDRESS}:80`, '--upstream', `unix:${socket}`, '--log-level', 'debug']), env);
     await sidecar.logLine('listening', 8000, (l) => l.address === `${IMDS_ADDRESS}:80`);
 
     return {
@@ -447,7 +333,7 @@ t.test('netns-setup', when, async (t) => {
     const ns = newNamespace();
     ipOut(['-n', ns, 'link', 'set', 'lo', 'up']);
     const dir = await tempDir();
-    const himds = new Proc('emulator in host-like ns', inNamespace(ns, [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:40342', '--tokens-dir', path.join(dir, 'tokens')]));
+    const himds = proc('emulator in host-like ns', inNamespace(ns, [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:40342', '--tokens-dir', path.join(dir, 'tokens')]));
     const listening = await himds.logLine('HIMDS emulator listening');
     t.equal(listening.url, 'http://127.0.0.1:40342', 'HIMDS (emulated) answers on loopback inside the namespace');
 
@@ -586,7 +472,7 @@ t.test('real clients in the namespace, without any endpoint override', when, asy
   const after = await top.stats();
   t.equal(after.tokensIssued - before.tokensIssued, 3, `the emulator issued exactly one token per resource (${ARM}, ${VAULT}, ${GRAPH})`);
   t.equal(after.challenges - before.challenges, 3, 'one challenge each, answered by the relay');
-  const fetched = (p: Proc, from: number) => p.logLines('token fetched from upstream').slice(from).map((l) => l.resource).sort();
+  const fetched = (p: Child, from: number) => p.logLines('token fetched from upstream').slice(from).map((l) => l.resource).sort();
   t.same(fetched(top.sidecar, sidecarFetchesBefore), [VAULT, GRAPH, ARM].sort(), 'the sidecar fetched each resource once');
   t.same(fetched(top.relay, relayFetchesBefore), [VAULT, GRAPH, ARM].sort(), 'the relay fetched each resource once');
   // What the sidecar itself saw of the probes (debug log): the gate's 400, nothing forwarded.
@@ -641,7 +527,7 @@ t.test('relay restart: cached tokens keep flowing, uncached get a retryable 503,
   t.equal(claimsOf(fresh.json.access_token).aud, STORAGE);
   t.equal((await top.stats()).tokensIssued, issued + 1, 'one new token');
   t.equal(top.sidecar.pid, sidecarPid, 'the same sidecar process');
-  t.ok(running(top.sidecar.child), 'never restarted, still running');
+  t.ok(top.sidecar.running, 'never restarted, still running');
   t.equal((await curlIn(top.ns, tokenQuery(ARM))).status, 200, 'and the cached one still works');
 });
 

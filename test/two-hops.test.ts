@@ -7,10 +7,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { parseServe } from '../src/config.js';
+import { parseServe } from '../src/commands/serve.js';
 import { createLogger } from '../src/observability/log.js';
-import { startProxy, type RunningProxy } from '../src/proxy.js';
-import { ListenError } from '../src/server.js';
+import { startProxy, type RunningProxy } from '../src/server/proxy.js';
+import { ListenError } from '../src/server/listeners.js';
 import { armTokenPath, get, startStack, tokenPath } from './fixtures/stack.js';
 
 async function tempDir(t: Test): Promise<string> {

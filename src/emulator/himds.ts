@@ -11,7 +11,10 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TcpAddress, UserAssignedMode } from '../config.js';
+import type { TcpAddress } from '../values/addresses.js';
+
+export type UserAssignedMode = 'echo' | 'ignore' | 'not-found';
+export const USER_ASSIGNED_MODES: readonly UserAssignedMode[] = ['echo', 'ignore', 'not-found'];
 
 export interface EmulatorOptions {
   readonly tokensDir: string;

@@ -2,9 +2,14 @@
 // admin listener has its own few answers). One entry per failure: a stable code, the HTTP status, and the
 // IMDS-shaped JSON body.
 //
-// Status choices follow what clients do with them (PROTOCOL.md §2): a 400 is final ("no identity"; Python
+// Below it, the other table: every typed failure of the layers underneath (upstream, token cache) mapped to the
+// entry a client is answered with. Nothing else decides what a client sees.
+//
+// Status choices follow what clients do with them (docs/protocol.md#2-azure-vm-imds-the-downstream-contract): a 400 is final ("no identity"; Python
 // azure-identity even disables managed identity after one), 404/410/429/5xx are retried with backoff. So
 // anything the operator can fix or that may pass (upstream down, key file unreadable) is a 5xx, never a 400.
+
+import { FetchFailure, UpstreamFailure, type FetchFailureKind, type UpstreamFailureKind } from '../values/failures.js';
 
 export interface ImdsErrorBody {
   readonly error: string;
@@ -28,7 +33,7 @@ interface ErrorEntry {
   readonly upstreamStatus?: boolean;
 }
 
-/** The api-versions real IMDS lists as newest in its api-version error (PROTOCOL.md §2). */
+/** The api-versions real IMDS lists as newest in its api-version error (docs/protocol.md). */
 export const NEWEST_API_VERSIONS = ['2025-04-07', '2024-07-17', '2024-03-15'] as const;
 
 const API_VERSION_MESSAGE =
@@ -136,4 +141,53 @@ export function renderImdsError(err: ImdsError): RenderedError {
 /** Whether a failure is the client's doing (logged at debug, never at warn). */
 export function clientCaused(code: ErrorCode): boolean {
   return (ERRORS[code] as ErrorEntry).cause === 'client';
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Typed failures -> IMDS answers
+// ---------------------------------------------------------------------------------------------------------
+
+// HIMDS refusing our api-version is our configuration, not the client's request: never a final 400.
+const API_VERSION_REFUSAL = /api[- ]?version/i;
+
+/** An upstream's answer that is not a token, as clients must see it (they retry 5xx and 429, never a 400). */
+function forStatus(f: UpstreamFailure): ImdsError {
+  const { status, retryAfter, error, description } = f.upstream!;
+  if (status === 429) return new ImdsError('upstream_throttled', undefined, { retryAfter });
+  if (status === 503) return new ImdsError('upstream_busy', undefined, { retryAfter });
+  // HIMDS (UAMI-aware) for an unknown user-assigned identity; a relay passes on IMDS's own wording.
+  if (error === 'identity_not_found' || (status === 400 && description === 'Identity not found')) return new ImdsError('identity_not_found');
+  // A relay's --allow-resource refusal: final for the client too, not a retried 502.
+  if (status === 403) return new ImdsError('resource_not_allowed');
+  if (status === 400 && API_VERSION_REFUSAL.test(`${error} ${description}`)) {
+    return new ImdsError('upstream_error', `400: ${description ?? error ?? ''} (check --himds-api-version)`);
+  }
+  if (status === 400) return new ImdsError('upstream_rejected', description ?? error ?? 'no reason given');
+  // Other 5xx keep their status (a 502 or 504 from a proxy in between says more than a 500 would).
+  if (status >= 500 && status <= 599) return new ImdsError('upstream_error', f.message, { status });
+  return new ImdsError('upstream_bad_response', `unexpected status ${status}`);
+}
+
+const FOR_UPSTREAM: Record<UpstreamFailureKind, (f: UpstreamFailure) => ImdsError> = {
+  refused: (f) => new ImdsError('upstream_unavailable', f.message, { cause: f }),
+  timeout: (f) => new ImdsError('upstream_unavailable', f.message, { cause: f }),
+  reset: (f) => new ImdsError('upstream_unavailable', f.message, { cause: f }),
+  status: forStatus,
+  bad_body: (f) => new ImdsError('upstream_bad_response', f.message, { cause: f }),
+  challenge: (f) => new ImdsError('challenge_failed', f.message, { cause: f }),
+  identity: () => new ImdsError('identity_not_found'),
+};
+
+const FOR_FETCH: Record<FetchFailureKind, (f: FetchFailure) => ImdsError> = {
+  saturated: (f) => new ImdsError('upstream_saturated', f.message),
+  abandoned: () => new ImdsError('client_closed'),
+  deadline: (f) => new ImdsError('upstream_unavailable', f.message),
+};
+
+/** What a client is answered for anything thrown below the front; undefined for the unexpected (a 500). */
+export function imdsErrorOf(err: unknown): ImdsError | undefined {
+  if (err instanceof ImdsError) return err;
+  if (err instanceof UpstreamFailure) return FOR_UPSTREAM[err.kind](err);
+  if (err instanceof FetchFailure) return FOR_FETCH[err.kind](err);
+  return undefined;
 }

@@ -1,8 +1,16 @@
-// The IMDS contract (PROTOCOL.md §2), applied to every request before anything else runs. Checks are small
+// The IMDS contract (docs/protocol.md#2-azure-vm-imds-the-downstream-contract), applied to every request before anything else runs. Checks are small
 // functions read top to bottom in the order they are applied; the first one that fails answers the request.
 // Nothing here awaits: a request without Metadata (an SDK probe) is answered before any upstream or cache work.
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import { ImdsError } from './errors.js';
+
+/** What the gate reads of a request. */
+export interface RequestHead {
+  readonly method?: string | undefined;
+  readonly url?: string | undefined;
+  readonly headers: IncomingHttpHeaders;
+  readonly rawHeaders: readonly string[];
+}
 
 export type Route = 'token' | 'instance' | 'identity_info';
 
@@ -14,7 +22,7 @@ export interface GatedRequest {
   readonly query: ReadonlyMap<string, string>;
 }
 
-type Check = (req: IncomingMessage) => ImdsError | undefined;
+type Check = (req: RequestHead) => ImdsError | undefined;
 
 /** Longer request targets are refused before any parsing (node's own limit is the whole header block). */
 export const MAX_URL_LENGTH = 8192;
@@ -65,7 +73,7 @@ const INSTANCE_SUBPATH = /^\/metadata\/instance(\/[A-Za-z0-9_-]+)+$/;
 export function normalisePath(rawPath: string): string {
   let p = rawPath.slice(0, 10).toLowerCase() === '//metadata' ? rawPath.slice(1) : rawPath;
   if (p.length >= 9 && p.charCodeAt(0) === 47 /* / */ && p.slice(0, 9).toLowerCase() === '/metadata' && (p.length === 9 || p[9] === '/')) {
-    p = '/metadata' + p.slice(9);
+    p = `/metadata${p.slice(9)}`;
   }
   if (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1);
   return p;
@@ -76,7 +84,7 @@ function route(path: string): Route | undefined {
 }
 
 // C0 controls and DEL. Decoded values with these could split headers or logs further down.
-// eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
 function decodeComponent(text: string): string {
@@ -147,26 +155,33 @@ export function isAcceptedApiVersion(v: string | undefined, which: Route = 'toke
   return (which === 'instance' ? INSTANCE_VERSIONS : IDENTITY_VERSIONS).has(v);
 }
 
-/** Apply the IMDS contract. Returns the routed request, or the error to answer with. */
-export function gate(req: IncomingMessage): GatedRequest | ImdsError {
-  for (const check of CHECKS) {
-    const failure = check(req);
-    if (failure) return failure;
-  }
-  const url = req.url ?? '';
-  // A workload asks for the same few URLs over and over: what the URL alone decides is kept (both outcomes
-  // are immutable values). Bounded; when full it starts over, so a flood of distinct URLs costs no memory.
-  let outcome = BY_URL.get(url);
-  if (outcome === undefined) {
-    if (BY_URL.size >= URL_CACHE_SIZE) BY_URL.clear();
-    outcome = gateUrl(url);
-    BY_URL.set(url, outcome);
-  }
-  return outcome;
-}
+/** How many request targets a gate remembers its decision for; when full it starts over. */
+const URL_MEMO_SIZE = 256;
 
-const URL_CACHE_SIZE = 256;
-const BY_URL = new Map<string, GatedRequest | ImdsError>();
+/**
+ * The IMDS contract, applied. A workload asks for the same few URLs over and over, so what the URL alone decides
+ * is kept (both outcomes are immutable values), bounded: when full it starts over, so a flood of distinct URLs
+ * costs no memory. One gate per pipeline.
+ */
+export class Gate {
+  readonly #byUrl = new Map<string, GatedRequest | ImdsError>();
+
+  /** The routed request, or the error to answer with. */
+  check(req: RequestHead): GatedRequest | ImdsError {
+    for (const check of CHECKS) {
+      const failure = check(req);
+      if (failure) return failure;
+    }
+    const url = req.url ?? '';
+    let outcome = this.#byUrl.get(url);
+    if (outcome === undefined) {
+      if (this.#byUrl.size >= URL_MEMO_SIZE) this.#byUrl.clear();
+      outcome = gateUrl(url);
+      this.#byUrl.set(url, outcome);
+    }
+    return outcome;
+  }
+}
 
 /** Everything the gate decides from the request target alone: path, route, query, api-version. */
 function gateUrl(url: string): GatedRequest | ImdsError {

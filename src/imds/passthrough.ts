@@ -3,8 +3,8 @@
 // api-version): no client headers, so no hop-by-hop or credential headers can leak through. Of the response,
 // only an allowlist of end-to-end headers comes back.
 import type { ServerResponse } from 'node:http';
-import type { GatedRequest } from './gate.js';
 import type { UpstreamClient } from '../upstream/client.js';
+import type { GatedRequest } from './gate.js';
 
 const RESPONSE_HEADERS = ['content-type', 'content-length', 'retry-after', 'cache-control', 'etag', 'last-modified'] as const;
 
@@ -22,7 +22,7 @@ export function passthroughPath(gated: GatedRequest, apiVersion: string): string
  */
 export async function passThrough(
   gated: GatedRequest,
-  res: ServerResponse,
+  res: Pick<ServerResponse, 'writeHead' | 'end' | 'shouldKeepAlive'>,
   upstream: UpstreamClient,
   apiVersion: string,
   signal: AbortSignal,

@@ -2,23 +2,27 @@
 // wants a fresh token). The server takes it to the token cache and answers in the IMDS shape.
 import { ImdsError } from './errors.js';
 import type { GatedRequest } from './gate.js';
-import { tokenRequest, type Selector, type TokenRequest } from '../tokens/token.js';
+import { tokenRequest, type Selector, type TokenRequest } from '../values/token.js';
 
 const SELECTOR_PARAMS = ['client_id', 'object_id', 'msi_res_id', 'mi_res_id'] as const;
 const MAX_RESOURCE_LENGTH = 2048;
 const MAX_SELECTOR_LENGTH = 1024;
 
-// Gated requests are shared between requests for the same URL (see gate()), so their reading is too.
-const READ = new WeakMap<GatedRequest, TokenRequest | ImdsError>();
+/**
+ * The token request a gated request asks for, or the 400 explaining why it is not one. Gated requests are shared
+ * between requests for the same URL (see Gate), so their reading is too: one reader per pipeline.
+ */
+export class TokenRoute {
+  readonly #read = new WeakMap<GatedRequest, TokenRequest | ImdsError>();
 
-/** The token request a gated request asks for, or the 400 explaining why it is not one. */
-export function tokenRequestOf(gated: GatedRequest): TokenRequest | ImdsError {
-  let read = READ.get(gated);
-  if (read === undefined) {
-    read = readTokenRequest(gated);
-    READ.set(gated, read);
+  requestOf(gated: GatedRequest): TokenRequest | ImdsError {
+    let read = this.#read.get(gated);
+    if (read === undefined) {
+      read = readTokenRequest(gated);
+      this.#read.set(gated, read);
+    }
+    return read;
   }
-  return read;
 }
 
 function readTokenRequest(gated: GatedRequest): TokenRequest | ImdsError {

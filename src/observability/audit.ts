@@ -2,7 +2,7 @@
 // (resource, identity), then at most one a minute per such triple with the count since the last line. Tokens
 // minted upstream are logged where they are fetched. Cheap on the hit path: two map lookups and an increment.
 // Never any token or key material: only the address, the resource, the selector kind and value.
-import type { TokenRequest } from '../tokens/token.js';
+import type { TokenRequest } from '../values/token.js';
 import { clip, type Logger } from './log.js';
 
 const INTERVAL_MS = 60_000;
@@ -72,7 +72,10 @@ export class Audit {
     const tally: Tally = { client, subject: request.subject, resource: clip(request.resource)!, selector: clip(selector)!, count: 0, lastLoggedAt: now };
     this.#tallies.add(tally);
     let byClient = this.#bySubject.get(tally.subject);
-    if (byClient === undefined) this.#bySubject.set(tally.subject, (byClient = new Map()));
+    if (byClient === undefined) {
+      byClient = new Map();
+      this.#bySubject.set(tally.subject, byClient);
+    }
     byClient.set(client, tally);
     this.#log.info({ audit: 'first', client, resource: tally.resource, selector: tally.selector }, 'token served to a new client');
   }

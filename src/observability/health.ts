@@ -3,7 +3,7 @@
 import type { Logger } from './log.js';
 
 /** Resolves with why it is ready when a token could be minted; rejects with the reason why not. */
-export type ReadinessCheck = (signal: AbortSignal) => Promise<string | void>;
+export type ReadinessCheck = (signal: AbortSignal) => Promise<string | undefined>;
 
 export interface ReadinessState {
   readonly ready: boolean;

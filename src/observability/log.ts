@@ -1,7 +1,7 @@
 // JSON logs to stdout with pino. Secrets are never passed to the logger in the first place; redaction is the
 // second line of defence for anything that might carry them (headers, token bodies, keys).
 import { pino, type DestinationStream, type Logger } from 'pino';
-import type { LogLevel } from '../config.js';
+import type { LogLevel } from '../values/parsers.js';
 
 export type { Logger } from 'pino';
 

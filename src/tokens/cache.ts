@@ -19,9 +19,9 @@
 // stops being servable. Its fetch() is not used: its stale-while-revalidate cannot express "serve only while
 // min-remaining holds" or back off after a failed refresh, so single-flight is the small map below.
 import { LRUCache } from 'lru-cache';
-import { ImdsError } from '../imds/errors.js';
 import { clip, type Logger } from '../observability/log.js';
-import { tokenRequest, type Token, type TokenRequest } from './token.js';
+import { FetchFailure } from '../values/failures.js';
+import { tokenRequest, type Token, type TokenRequest } from '../values/token.js';
 
 /** How a request was served: the `result` label of arc_imds_token_cache_results_total. */
 export type CacheResult = 'hit' | 'refreshing' | 'miss' | 'coalesced' | 'forced';
@@ -90,13 +90,9 @@ interface Entry {
   readonly asRefreshing: Served;
 }
 
-/** Why a fetch ended without a token before it ever asked the upstream. */
-export class FetchDropped extends Error {
-  constructor(readonly reason: 'abandoned' | 'deadline') {
-    super(reason === 'abandoned' ? 'every client waiting for this token has gone away' : 'no upstream slot became free in time');
-    this.name = 'FetchDropped';
-  }
-}
+/** Why a fetch's signal aborted (the reasons are compared by identity). */
+const ABANDONED = new Error('every client waiting for this token has gone away');
+const DEADLINE = new Error('no upstream slot became free in time');
 
 interface QueuedAcquire {
   readonly resolve: () => void;
@@ -248,7 +244,7 @@ export class TokenCache implements TokenSource {
     try {
       return await this.#join(key, request, 'forced', gone);
     } catch (err) {
-      if (err instanceof ImdsError && err.code === 'client_closed') throw err;
+      if (err instanceof FetchFailure && err.kind === 'abandoned') throw err;
       if (!this.#servable(entry, this.#clock.now())) throw err;
       this.#log.warn({ resource: clip(request.resource), err: (err as Error).message }, 'forced token refresh failed; serving the cached token');
       return entry.asRefreshing;
@@ -276,7 +272,7 @@ export class TokenCache implements TokenSource {
     const inflight = this.#inflight.get(key);
     if (inflight) return { token: await this.#wait(key, inflight, gone), result: 'coalesced' };
     if (this.#inflight.size >= this.#maxFetches) {
-      throw new ImdsError('upstream_saturated', `${this.#inflight.size} token fetches are already queued or running`);
+      throw new FetchFailure('saturated', `${this.#inflight.size} token fetches are already queued or running`);
     }
     return { token: await this.#wait(key, this.#startFetch(key, request, false), gone), result };
   }
@@ -307,9 +303,9 @@ export class TokenCache implements TokenSource {
     fetch.waiters--;
     if (fetch.waiters === 0 && !fetch.background) {
       if (this.#inflight.get(key) === fetch) this.#inflight.delete(key);
-      fetch.abandon.abort(new FetchDropped('abandoned'));
+      fetch.abandon.abort(ABANDONED);
     }
-    return Promise.reject(new ImdsError('client_closed'));
+    return Promise.reject(new FetchFailure('abandoned', ABANDONED.message));
   }
 
   #startFetch(key: string, request: TokenRequest, background: boolean): Fetch {
@@ -317,15 +313,13 @@ export class TokenCache implements TokenSource {
     // gone. One controller for both, and a timer cleared when the fetch ends, so a finished fetch holds nothing
     // (AbortSignal.timeout would keep every fetch's closure alive until its deadline passed).
     const abandon = new AbortController();
-    const deadline = setTimeout(() => abandon.abort(new FetchDropped('deadline')), this.#options.fetchTimeoutMs);
+    const deadline = setTimeout(() => abandon.abort(DEADLINE), this.#options.fetchTimeoutMs);
     const signal = abandon.signal;
     const token = (async () => {
       try {
         await this.#slots.acquire(signal);
       } catch {
-        throw (signal.reason as FetchDropped).reason === 'abandoned'
-          ? new ImdsError('client_closed')
-          : new ImdsError('upstream_unavailable', new FetchDropped('deadline').message);
+        throw signal.reason === ABANDONED ? new FetchFailure('abandoned', ABANDONED.message) : new FetchFailure('deadline', DEADLINE.message);
       }
       try {
         const fetched = await this.#fetchToken(request, signal);
@@ -334,7 +328,7 @@ export class TokenCache implements TokenSource {
       } finally {
         // A fetch abandoned while the upstream had not answered: its slot rests before the next fetch takes it,
         // so an upstream that is not answering is not sent a new request each time a client gives up.
-        const abandoned = signal.aborted && (signal.reason as FetchDropped).reason === 'abandoned';
+        const abandoned = signal.reason === ABANDONED;
         this.#slots.release(abandoned ? ABANDONED_SLOT_REST_MS : 0);
       }
     })().finally(() => clearTimeout(deadline));

@@ -1,30 +1,20 @@
-// The HIMDS key-file challenge (PROTOCOL.md §1). The realm arrives from the network and names a file we read
+// The HIMDS key-file challenge (docs/protocol.md#1-himds-the-upstream). The realm arrives from the network and names a file we read
 // as a privileged process, so it is hostile input: it must name a plainly-named `.key` file directly inside
 // the configured tokens directory, and that file must be a small regular file that is not a link. The key is
 // single-use: read once, sent once, never cached, never logged, never returned.
 import { constants } from 'node:fs';
 import { lstat, open } from 'node:fs/promises';
 import path from 'node:path';
-import { ImdsError } from '../imds/errors.js';
+import { UpstreamFailure, type ChallengeFailure } from '../values/failures.js';
 
-/** What went wrong with a challenge; becomes a metric label (bounded set). */
-export type ChallengeFailure =
-  | 'bad_realm'
-  | 'missing'
-  | 'symlink'
-  | 'not_regular'
-  | 'too_large'
-  | 'empty'
-  | 'bad_key'
-  | 'permission'
-  | 'io';
+export type { ChallengeFailure } from '../values/failures.js';
 
-export class ChallengeError extends ImdsError {
-  readonly reason: ChallengeFailure;
+/** A challenge that could not be answered: an upstream failure of kind `challenge`, with its reason. */
+export class ChallengeError extends UpstreamFailure {
+  declare readonly reason: ChallengeFailure;
   constructor(reason: ChallengeFailure, detail: string, cause?: unknown) {
-    super('challenge_failed', detail, { cause });
+    super('challenge', detail, { reason, cause });
     this.name = 'ChallengeError';
-    this.reason = reason;
   }
 }
 

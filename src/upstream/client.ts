@@ -1,12 +1,12 @@
 // The one way anything reaches the upstream (HIMDS, or a relay): an undici Pool with per-attempt deadlines
 // (AbortSignal.timeout: undici's own timeouts are too coarse), bounded body reads, and failures classified into
-// ImdsErrors. Bodies are always consumed or dumped so pooled connections are reused, never leaked.
+// typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Bodies are always consumed or dumped so pooled connections are reused, never leaked.
 import { setFlagsFromString } from 'node:v8';
 import { Pool, errors as undiciErrors } from 'undici';
 import type { Dispatcher } from 'undici';
-import type { UpstreamAddress } from '../config.js';
-import { ImdsError } from '../imds/errors.js';
 import type { Metrics, UpstreamLeg, UpstreamOutcome } from '../observability/metrics.js';
+import type { UpstreamAddress } from '../values/addresses.js';
+import { UpstreamFailure } from '../values/failures.js';
 
 // undici parses responses with llhttp compiled to WebAssembly. V8 first runs it as baseline (Liftoff) code and
 // later recompiles it optimised on a background thread, whose malloc arena then keeps about 10 MB resident for
@@ -39,12 +39,9 @@ function statusOutcome(status: number): UpstreamOutcome {
   return 'other';
 }
 
-function failureOutcome(err: ImdsError): UpstreamOutcome {
-  const detail = err.detail ?? '';
-  if (detail.includes('in time')) return 'timeout';
-  if (detail.includes('refused') || detail.includes('no socket')) return 'refused';
-  if (detail.includes('reset')) return 'reset';
-  return 'error';
+/** The metric outcome of a failed request: what happened on the wire. */
+function failureOutcome(err: UpstreamFailure): UpstreamOutcome {
+  return err.kind === 'timeout' || err.kind === 'refused' || err.kind === 'reset' ? err.kind : 'error';
 }
 
 export class UpstreamClient {
@@ -94,7 +91,7 @@ export class UpstreamClient {
       return { status: response.statusCode, headers: response.headers, body };
     } catch (err) {
       response.body.destroy();
-      throw this.#failed(leg, started, err instanceof ImdsError ? err : this.#classify(err, attempt));
+      throw this.#failed(leg, started, err instanceof UpstreamFailure ? err : this.#classify(err, attempt));
     }
   }
 
@@ -104,8 +101,8 @@ export class UpstreamClient {
     this.#metrics.upstreamDuration.observe({ leg }, (performance.now() - started) / 1000);
   }
 
-  #failed(leg: UpstreamLeg, started: number, err: ImdsError): ImdsError {
-    this.#record(leg, started, err.code === 'upstream_bad_response' ? 'error' : failureOutcome(err));
+  #failed(leg: UpstreamLeg, started: number, err: UpstreamFailure): UpstreamFailure {
+    this.#record(leg, started, failureOutcome(err));
     return err;
   }
 
@@ -114,26 +111,22 @@ export class UpstreamClient {
     await Promise.all([closePool(this.#pool, graceMs), closePool(this.#metadataPool, graceMs)]);
   }
 
-  /** Turn what undici or the deadline threw into the IMDS error a client should see. */
-  #classify(err: unknown, attempt: AbortSignal): ImdsError {
-    if (err instanceof ImdsError) return err;
-    if (attempt.aborted) {
-      return new ImdsError('upstream_unavailable', `no answer from ${this.describe} in time`, { cause: err });
-    }
+  /** Say what undici or the deadline threw: a typed failure. */
+  #classify(err: unknown, attempt: AbortSignal): UpstreamFailure {
+    if (err instanceof UpstreamFailure) return err;
+    const cause = { cause: err };
+    if (attempt.aborted) return new UpstreamFailure('timeout', `no answer from ${this.describe} in time`, cause);
     const code = (err as { code?: string }).code;
-    if (code === 'ECONNREFUSED') return new ImdsError('upstream_unavailable', `connection refused by ${this.describe}`, { cause: err });
-    if (code === 'ENOENT') return new ImdsError('upstream_unavailable', `no socket at ${this.describe} (is the relay running?)`, { cause: err });
-    if (code === 'EACCES') return new ImdsError('upstream_unavailable', `permission denied connecting to ${this.describe} (socket mode or group)`, { cause: err });
-    if (err instanceof undiciErrors.ConnectTimeoutError) {
-      return new ImdsError('upstream_unavailable', `could not connect to ${this.describe} in time`, { cause: err });
-    }
+    if (code === 'ECONNREFUSED') return new UpstreamFailure('refused', `connection refused by ${this.describe}`, cause);
+    if (code === 'ENOENT') return new UpstreamFailure('refused', `no socket at ${this.describe} (is the relay running?)`, cause);
+    if (code === 'EACCES') return new UpstreamFailure('refused', `permission denied connecting to ${this.describe} (socket mode or group)`, cause);
+    if (err instanceof undiciErrors.ConnectTimeoutError) return new UpstreamFailure('timeout', `could not connect to ${this.describe} in time`, cause);
     if (err instanceof undiciErrors.SocketError || code === 'ECONNRESET' || code === 'EPIPE') {
-      return new ImdsError('upstream_unavailable', `connection to ${this.describe} was reset`, { cause: err });
+      return new UpstreamFailure('reset', `connection to ${this.describe} was reset`, cause);
     }
-    if (err instanceof undiciErrors.UndiciError) {
-      return new ImdsError('upstream_bad_response', `${this.describe}: ${err.message}`, { cause: err });
-    }
-    return new ImdsError('upstream_unavailable', `${this.describe}: ${code ?? (err as Error).message}`, { cause: err });
+    if (err instanceof undiciErrors.UndiciError) return new UpstreamFailure('bad_body', `${this.describe}: ${err.message}`, cause);
+    // Anything else on the connection (an HTTP parse error on garbage, an unknown socket error): it broke.
+    return new UpstreamFailure('reset', `${this.describe}: ${code ?? (err as Error).message}`, cause);
   }
 }
 
@@ -155,7 +148,7 @@ async function readBounded(body: Dispatcher.ResponseData['body']): Promise<strin
   for await (const chunk of body as AsyncIterable<Buffer>) {
     size += chunk.length;
     if (size > MAX_UPSTREAM_BODY) {
-      throw new ImdsError('upstream_bad_response', `response body larger than ${MAX_UPSTREAM_BODY} bytes`);
+      throw new UpstreamFailure('bad_body', `response body larger than ${MAX_UPSTREAM_BODY} bytes`);
     }
     chunks.push(chunk);
   }

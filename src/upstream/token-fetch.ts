@@ -3,10 +3,10 @@
 // times on connection failures and 503 (HIMDS answers 503 for a while after boot), always within the caller's
 // overall deadline. A new attempt starts from the first leg again: a key is single-use.
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from 'pino';
-import { ImdsError } from '../imds/errors.js';
-import { clientIdFromJwt, makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../tokens/token.js';
+import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
+import { UpstreamFailure } from '../values/failures.js';
+import { clientIdFromJwt, makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../values/token.js';
 import { ChallengeError, parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
 
@@ -33,7 +33,7 @@ export class TokenFetcher {
     this.#log = log;
   }
 
-  /** A token for the request, or an ImdsError saying what the client should see. */
+  /** A token for the request, or an UpstreamFailure saying what went wrong. */
   async getToken(request: TokenRequest, signal: AbortSignal): Promise<Token> {
     const path = this.#path(request);
     for (let attempt = 0; ; attempt++) {
@@ -41,7 +41,7 @@ export class TokenFetcher {
         return await this.#attempt(path, request, signal);
       } catch (err) {
         const pause = RETRY_PAUSES_MS[attempt];
-        if (!(err instanceof ImdsError) || !isRetryable(err) || pause === undefined || signal.aborted) throw err;
+        if (!(err instanceof UpstreamFailure) || !err.retryable || pause === undefined || signal.aborted) throw err;
         this.#log.warn({ err: err.message, attempt: attempt + 1 }, 'upstream token attempt failed; retrying');
         await sleep(pause * (1 + Math.random() / 2), undefined, { signal }).catch(() => {
           throw err;
@@ -57,7 +57,7 @@ export class TokenFetcher {
       response = await this.#client.get('token', path, { Metadata: 'true', Authorization: `Basic ${key}` }, signal);
       if (response.status === 401) {
         this.#options.metrics?.challengeFailures.inc({ reason: 'key_rejected' });
-        throw new ImdsError('challenge_failed', 'HIMDS rejected the key from its own challenge');
+        throw new ChallengeError('key_rejected', 'HIMDS rejected the key from its own challenge');
       }
     }
     if (response.status !== 200) throw upstreamFailure(response);
@@ -104,38 +104,13 @@ export class TokenFetcher {
   }
 }
 
-function isRetryable(err: ImdsError): boolean {
-  return err.code === 'upstream_unavailable' || err.code === 'upstream_busy';
-}
-
-/** Upstream non-200 answers, mapped to what IMDS clients retry (or not) correctly. */
-export function upstreamFailure(response: UpstreamResponse): ImdsError {
-  const retryAfter = headerValue(response.headers, 'retry-after');
+/** An upstream answer that is not a token: its status, Retry-After and the reason its JSON body gives. */
+export function upstreamFailure(response: UpstreamResponse): UpstreamFailure {
   const body = parseJsonObject(response.body);
-  const error = typeof body?.error === 'string' ? body.error : undefined;
-  const description = typeof body?.error_description === 'string' ? body.error_description : undefined;
-  switch (true) {
-    case response.status === 429:
-      return new ImdsError('upstream_throttled', undefined, { retryAfter });
-    case response.status === 503:
-      return new ImdsError('upstream_busy', undefined, { retryAfter });
-    // HIMDS (UAMI-aware) for an unknown user-assigned identity; a relay passes on IMDS's own wording.
-    case error === 'identity_not_found' || (response.status === 400 && description === 'Identity not found'):
-      return new ImdsError('identity_not_found');
-    // A relay's --allow-resource refusal: final for the client too, not a retried 502.
-    case response.status === 403:
-      return new ImdsError('resource_not_allowed');
-    // HIMDS refusing our api-version is our configuration, not the client's request: never a final 400.
-    case response.status === 400 && /api[- ]?version/i.test(`${error} ${description}`):
-      return new ImdsError('upstream_error', `400: ${shortText(description ?? error ?? '')} (check --himds-api-version)`);
-    case response.status === 400:
-      return new ImdsError('upstream_rejected', shortText(description ?? error ?? 'no reason given'));
-    // Other 5xx keep their status (a 502 or 504 from a proxy in between says more than a 500 would).
-    case response.status >= 500 && response.status <= 599:
-      return new ImdsError('upstream_error', `${response.status}${description ? `: ${shortText(description)}` : ''}`, { status: response.status });
-    default:
-      return new ImdsError('upstream_bad_response', `unexpected status ${response.status}`);
-  }
+  const error = typeof body?.error === 'string' ? shortText(body.error) : undefined;
+  const description = typeof body?.error_description === 'string' ? shortText(body.error_description) : undefined;
+  const upstream = { status: response.status, retryAfter: headerValue(response.headers, 'retry-after'), error, description };
+  return new UpstreamFailure('status', `${response.status}${description ? `: ${description}` : error ? `: ${error}` : ''}`, { upstream });
 }
 
 function parseJsonObject(text: string): Record<string, unknown> | undefined {
@@ -149,7 +124,7 @@ function parseJsonObject(text: string): Record<string, unknown> | undefined {
 
 // Upstream text shown to clients: one line, bounded, printable.
 function shortText(text: string): string {
-  // eslint-disable-next-line no-control-regex
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
   const flat = text.replace(/[\u0000-\u001f\u007f]+/g, ' ');
   return flat.length > 300 ? `${flat.slice(0, 300)}…` : flat;
 }
@@ -167,28 +142,28 @@ function asSeconds(value: unknown): number | undefined {
  */
 export function parseToken(text: string, selector: Selector | undefined, nowSeconds: number): Token {
   const body = parseJsonObject(text);
-  if (!body) throw new ImdsError('upstream_bad_response', 'token response is not a JSON object');
+  if (!body) throw new UpstreamFailure('bad_body', 'token response is not a JSON object');
   const accessToken = body.access_token;
   if (typeof accessToken !== 'string' || accessToken === '') {
-    throw new ImdsError('upstream_bad_response', 'token response has no access_token');
+    throw new UpstreamFailure('bad_body', 'token response has no access_token');
   }
   let expiresOn = asSeconds(body.expires_on);
   if (expiresOn === undefined) {
     const expiresIn = asSeconds(body.expires_in);
     if (expiresIn !== undefined) expiresOn = Math.floor(nowSeconds) + expiresIn;
   }
-  if (expiresOn === undefined) throw new ImdsError('upstream_bad_response', 'token response has no usable expires_on or expires_in');
-  if (expiresOn <= nowSeconds) throw new ImdsError('upstream_bad_response', 'token response is already expired');
+  if (expiresOn === undefined) throw new UpstreamFailure('bad_body', 'token response has no usable expires_on or expires_in');
+  if (expiresOn <= nowSeconds) throw new UpstreamFailure('bad_body', 'token response is already expired');
   // Managed identity tokens live about a day. One claiming far more is an upstream bug that clients would
   // cache and reuse long after it stops working.
   if (expiresOn > nowSeconds + MAX_TOKEN_LIFETIME_S) {
-    throw new ImdsError('upstream_bad_response', 'token response expires_on is absurdly far ahead (more than 48 h)');
+    throw new UpstreamFailure('bad_body', 'token response expires_on is absurdly far ahead (more than 48 h)');
   }
 
   if (selector) {
     const echoed = body[selector.kind] ?? (selector.kind === 'msi_res_id' ? body.mi_res_id : undefined);
     if (typeof echoed !== 'string' || echoed.toLowerCase() !== selector.value.toLowerCase()) {
-      throw new ImdsError('identity_not_found');
+      throw new UpstreamFailure('identity', `the upstream did not echo the requested ${selector.kind}; it may not know user-assigned identities`);
     }
   }
   const echoedClientId = typeof body.client_id === 'string' ? body.client_id : '';

@@ -20,7 +20,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { PROBE_OPTIONS, SERVE_OPTIONS } from '../../src/config.js';
+import { PROBE_OPTIONS } from '../../src/commands/probe.js';
+import { SERVE_OPTIONS } from '../../src/commands/serve.js';
 import {
   COMPOSE_DIR, IMAGE_CLI, ROOT, cliArgs, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
   flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
@@ -155,7 +156,10 @@ async function scene(t: Test): Promise<Scene> {
 
 function ns(s: Scene, name: string): Namespace {
   let n = s.namespaces.get(name);
-  if (!n) s.namespaces.set(name, (n = new Namespace(name)));
+  if (!n) {
+    n = new Namespace(name);
+    s.namespaces.set(name, n);
+  }
   return n;
 }
 

@@ -30,6 +30,9 @@ t.ok(dirs.length >= 4, `kustomizations: ${dirs.map(rel).join(', ')}`);
 
 const offline = new Map(dirs.map((d) => [d, renderKustomization(d)]));
 
+/** How the dashboard's panels name their data source: Grafana's variable reference. */
+const DATASOURCE_VARIABLE = '$' + '{datasource}';
+
 t.test('kubectl kustomize renders every kustomization, exactly as the offline renderer does', { skip: kubectl ? false : 'kubectl is not installed here: validating the offline rendering only' }, async (t) => {
   for (const dir of dirs) {
     const rendered = kubectlKustomize(kubectl!, dir);
@@ -406,19 +409,19 @@ t.test('Grafana dashboard: valid JSON in its ConfigMap, panels on metrics and la
     const { problems, metrics: used } = promqlProblems(m[1]!, metrics, documented);
     t.same(problems, [], `variable ${v.name}: ${m[1]}`);
     t.ok(TARGET_LABELS.has(m[2]!) || used.some((u) => metrics.get(u)!.labels.includes(m[2]!)), `variable ${v.name}: label ${m[2]} exists`);
-    used.forEach((u) => shown.add(u));
+    for (const u of used) shown.add(u);
   }
   const panels: any[] = (dashboard.panels ?? []).flatMap((p: any) => [p, ...(p.panels ?? [])]);
   t.equal(new Set(panels.map((p) => p.id)).size, panels.length, 'panel ids are unique');
   for (const p of panels.filter((x) => x.type !== 'row')) {
     t.ok(p.gridPos && p.title, `panel ${p.id}: title and position`);
-    t.equal(p.datasource?.uid, '${datasource}', `panel ${p.title}: the data source variable`);
+    t.equal(p.datasource?.uid, DATASOURCE_VARIABLE, `panel ${p.title}: the data source variable`);
     t.ok(Array.isArray(p.targets) && p.targets.length > 0, `panel ${p.title}: queries`);
     for (const target of p.targets ?? []) {
       const { problems, metrics: used } = promqlProblems(target.expr, metrics, documented);
       t.same(problems, [], `panel ${p.title} ${target.refId}: every metric, label and value exists`);
       t.ok(used.length > 0, `panel ${p.title} ${target.refId}: on arc_imds_* metrics`);
-      used.forEach((u) => shown.add(u));
+      for (const u of used) shown.add(u);
     }
   }
   t.same(ours_.filter((m) => !shown.has(m)), [], 'every arc_imds_* metric the code registers is on the dashboard');

@@ -110,11 +110,13 @@ t.test('URL, header and connection caps; slow senders', async (t) => {
   const open = await Promise.all(Array.from({ length: 3 }, () => new Promise<net.Socket>((resolve) => {
     const s = net.connect(stack.port, '127.0.0.1', () => resolve(s));
   })));
-  t.teardown(() => open.forEach((s) => s.destroy()));
+  t.teardown(() => {
+    for (const s of open) s.destroy();
+  });
   await new Promise((r) => setTimeout(r, 50));
   const fourth = await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n`, 200).catch(() => '');
   t.equal(fourth, '', 'refused: closed without an answer');
-  open.forEach((s) => s.destroy());
+  for (const s of open) s.destroy();
   await new Promise((r) => setTimeout(r, 50));
   t.match(await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n`), /^HTTP\/1\.1 200 /, 'served again once connections close');
 });

@@ -54,7 +54,7 @@ t.test('every hostile request gets its defined answer; refused ones never reach 
       continue;
     }
     t.equal(lines.length, c.expect.length, `${c.name}: ${c.expect.length} answer(s)`);
-    c.expect.forEach((want, i) => t.match(`${lines[i]} `, want, `${c.name}: answer ${i + 1} is ${want}`));
+    for (const [i, want] of c.expect.entries()) t.match(`${lines[i]} `, want, `${c.name}: answer ${i + 1} is ${want}`);
   }
   const tokenResources = new Set(corpus.filter((c) => c.reaches?.token).map((c) => c.reaches!.token!));
   const metadata = corpus.filter((c) => c.reaches?.metadata).length;

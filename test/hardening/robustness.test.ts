@@ -6,11 +6,12 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { ConfigError, parseServe } from '../../src/config.js';
+import { parseServe } from '../../src/commands/serve.js';
+import { ConfigError } from '../../src/options/parser.js';
 import { isAcceptedApiVersion } from '../../src/imds/gate.js';
 import { ResourcePolicy } from '../../src/imds/policy.js';
 import { createLogger } from '../../src/observability/log.js';
-import { startProxy } from '../../src/proxy.js';
+import { startProxy } from '../../src/server/proxy.js';
 import { readKeyFile } from '../../src/upstream/challenge.js';
 import { armTokenPath, get, scriptedUpstream, startStack, tokenPath, type Stack } from '../fixtures/stack.js';
 

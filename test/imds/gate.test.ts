@@ -19,7 +19,7 @@ t.test('rejections, each answered without reaching the upstream', async (t) => {
   };
 
   await reject('POST', armTokenPath(), { Metadata: 'true' }, 405, undefined, 'POST');
-  await reject('HEAD', armTokenPath(), { Metadata: 'true' }, 405, undefined, 'DELETE');
+  await reject('DELETE', armTokenPath(), { Metadata: 'true' }, 405, undefined, 'DELETE');
   await reject('X-Forwarded-For', armTokenPath(), { Metadata: 'true', 'X-Forwarded-For': '10.0.0.1' }, 400, (j) =>
     t.match(j.error_description, /X-Forwarded-For/));
   await reject('no Metadata', armTokenPath(), {}, 400, (j) => t.same(j, METADATA_BODY));

@@ -147,7 +147,9 @@ t.test('user-assigned, emulator echoes the identity (UAMI-aware agent)', async (
 
 t.test('user-assigned, legacy agent ignores the selector: the proxy fails closed, getToken rejects', async (t) => {
   stack.emulator.faults.userAssigned = 'ignore';
-  t.teardown(() => void (stack.emulator.faults.userAssigned = 'echo'));
+  t.teardown(() => {
+    stack.emulator.faults.userAssigned = 'echo';
+  });
   const cases = [
     { name: 'clientId', options: { clientId: 'c3c3c3c3-0000-4000-8000-000000000003' }, param: 'client_id' },
     { name: 'objectId', options: { objectId: 'd4d4d4d4-0000-4000-8000-000000000004' }, param: 'object_id' },
@@ -211,7 +213,9 @@ t.test('sendProbeRequest: true, and the probe request the SDK would send', async
   // So send the probe by hand, as imdsMsi.js builds it: the bare token path, no query, Accept only, no
   // Metadata. The upstream is made slow: an answer that waited on it could not arrive inside the 1 s timeout.
   stack.emulator.faults.latencyMs = 5000;
-  t.teardown(() => void (stack.emulator.faults.latencyMs = 0));
+  t.teardown(() => {
+    stack.emulator.faults.latencyMs = 0;
+  });
   const upstreamBefore = stack.emulator.stats().tokenRequests;
   const probeUrl = `${new URL(TOKEN_PATH, process.env.AZURE_POD_IDENTITY_AUTHORITY_HOST)}`;
   t.equal(probeUrl, `${stack.url}${TOKEN_PATH}`);

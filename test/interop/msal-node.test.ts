@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { ManagedIdentityApplication } from '@azure/msal-node';
 import { claimsOf, isolateSdkEnvironment, settle, watchProxy } from '../fixtures/interop.js';
-import { get, startStack, TOKEN_PATH } from '../fixtures/stack.js';
+import { startStack, TOKEN_PATH } from '../fixtures/stack.js';
 
 isolateSdkEnvironment();
 
@@ -29,7 +29,7 @@ const DAY_MS = 86_400_000;
 const IDENTITY_NOT_FOUND = { error: 'invalid_request', error_description: 'Identity not found' };
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 
-const { seen, offLoopback, observed, recorder, counters } = watchProxy(stack);
+const { offLoopback, observed, recorder, counters } = watchProxy(stack);
 
 const UAMI = {
   client_id: { option: 'userAssignedClientId', id: '1c1c1c1c-0000-4000-8000-000000000011', claim: 'appid' },
@@ -146,7 +146,9 @@ t.test('IMDS, user-assigned with a UAMI-aware agent (echo)', async (t) => {
 
 t.test('IMDS, user-assigned with a legacy agent (ignore): fail closed', async (t) => {
   stack.emulator.faults.userAssigned = 'ignore';
-  t.teardown(() => void (stack.emulator.faults.userAssigned = 'echo'));
+  t.teardown(() => {
+    stack.emulator.faults.userAssigned = 'echo';
+  });
   for (const param of Object.keys(UAMI) as (keyof typeof UAMI)[]) {
     const delta = counters();
     const requests = recorder();
@@ -178,7 +180,9 @@ t.test('IMDS, user-assigned with a legacy agent (ignore): fail closed', async (t
 
 t.test('IMDS, user-assigned identity unknown upstream (404 identity_not_found): 400, no retries', async (t) => {
   stack.emulator.faults.userAssigned = 'not-found';
-  t.teardown(() => void (stack.emulator.faults.userAssigned = 'echo'));
+  t.teardown(() => {
+    stack.emulator.faults.userAssigned = 'echo';
+  });
   const delta = counters();
   const requests = recorder();
   const started = performance.now();
@@ -258,7 +262,7 @@ function runArcChild(deadlineMs: number): Promise<ChildRun> {
 
 const arcSkip = arcSkipReason();
 t.test('Arc mode: msal-node straight against the built emulator, and the built proxy with the default tokens dir', arcSkip ? { skip: arcSkip } : {}, async (t) => {
-  const built = ['dist/emulator/himds.js', 'dist/proxy.js', 'dist/config.js', 'dist/observability/log.js'].every((f) => existsSync(`${REPO}/${f}`));
+  const built = ['dist/emulator/himds.js', 'dist/server/proxy.js', 'dist/commands/serve.js', 'dist/observability/log.js'].every((f) => existsSync(`${REPO}/${f}`));
   if (!built) {
     t.fail('dist/ is not built: run `npm run build` (npm test does it as pretest)');
     return;

@@ -8,7 +8,7 @@ import t from 'tap';
 import { HimdsEmulator } from '../../src/emulator/himds.js';
 import { Audit, MAX_TRIPLES } from '../../src/observability/audit.js';
 import { createLogger } from '../../src/observability/log.js';
-import { tokenRequest } from '../../src/tokens/token.js';
+import { tokenRequest } from '../../src/values/token.js';
 import { armTokenPath, get, LOOPBACK, scriptedUpstream, startStack, tokenPath } from '../fixtures/stack.js';
 
 const ADMIN = { adminListen: { kind: 'tcp', host: '127.0.0.1', port: 0 } as const };
@@ -120,8 +120,8 @@ t.test('not ready when the key files cannot be read (as an unprivileged user)', 
   const emulator = await HimdsEmulator.start({ tokensDir: dir }, LOOPBACK); // root writes the keys
   t.teardown(() => emulator.close());
   const script = `
-    const { parseServe } = await import(${JSON.stringify(path.resolve('dist/config.js'))});
-    const { startProxy } = await import(${JSON.stringify(path.resolve('dist/proxy.js'))});
+    const { parseServe } = await import(${JSON.stringify(path.resolve('dist/commands/serve.js'))});
+    const { startProxy } = await import(${JSON.stringify(path.resolve('dist/server/proxy.js'))});
     const { createLogger } = await import(${JSON.stringify(path.resolve('dist/observability/log.js'))});
     const { config } = parseServe(['--listen', '127.0.0.1:0', '--admin-listen', 'off', '--upstream', ${JSON.stringify(emulator.url)}, '--tokens-dir', ${JSON.stringify(dir)}], {});
     const proxy = await startProxy(config, createLogger('silent'));

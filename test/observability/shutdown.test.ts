@@ -1,72 +1,24 @@
 // A rolling restart under load fails no request: SIGTERM makes /readyz 503, stops accepting, lets in-flight
 // requests finish, removes socket files and exits 0. And `probe`, the health check for images without curl.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { HimdsEmulator } from '../../src/emulator/himds.js';
+import { builtCli, Child, runToEnd, type LogLine, type Ran } from '../fixtures/process.js';
 import { get, LOOPBACK } from '../fixtures/stack.js';
 
-const CLI = path.resolve('dist/cli.js');
+const CLI = builtCli();
 
-interface Proc {
-  child: ChildProcess;
-  lines: any[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  waitFor(msg: string): Promise<any>;
+/** The built CLI at --log-level info; killed in teardown whatever happens to the test. */
+function cli(t: Test, args: string[]): Child & { waitFor(msg: string): Promise<LogLine> } {
+  const p = new Child('cli', [process.execPath, CLI, ...args], { env: { ...process.env, ARC_IMDS_LOG_LEVEL: 'info' }, t });
+  return Object.assign(p, { waitFor: (msg: string) => p.logLine(msg, 10_000) });
 }
 
-function cli(t: Test, args: string[]): Proc {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ARC_IMDS_LOG_LEVEL: 'info' } });
-  t.teardown(() => void (child.exitCode === null && child.kill('SIGKILL')));
-  const lines: any[] = [];
-  const waiters: { msg: string; resolve: (l: any) => void }[] = [];
-  let buffer = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buffer += d;
-    let nl;
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      try {
-        const parsed = JSON.parse(line);
-        lines.push(parsed);
-        for (const w of waiters.filter((w) => w.msg === parsed.msg)) w.resolve(parsed);
-      } catch {
-        lines.push(line);
-      }
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  return {
-    child,
-    lines,
-    exited,
-    waitFor: (msg) =>
-      new Promise((resolve, reject) => {
-        const found = lines.find((l) => l?.msg === msg);
-        if (found) return resolve(found);
-        const timer = setTimeout(() => reject(new Error(`no '${msg}' within 10 s: ${JSON.stringify(lines)}`)), 10_000);
-        waiters.push({ msg, resolve: (l) => (clearTimeout(timer), resolve(l)) });
-      }),
-  };
-}
-
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => c.kill('SIGKILL'), 10_000);
-    c.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function run(args: string[]): Promise<Ran> {
+  return runToEnd('cli', [process.execPath, CLI, ...args], { timeoutMs: 10_000 });
 }
 
 t.test('SIGTERM under load: zero failed in-flight requests, readyz 503 while draining, exit 0', async (t) => {
@@ -104,7 +56,7 @@ t.test('SIGTERM under load: zero failed in-flight requests, readyz 503 while dra
   t.same(statuses, Array(40).fill(200), 'every in-flight request finished with 200');
   t.same(await proxy.exited, { code: 0, signal: null }, 'exit 0');
   t.notOk(existsSync(socket), 'the socket file is removed');
-  t.ok(proxy.lines.some((l) => l?.msg === 'drained and stopped'));
+  t.ok(proxy.logLines('drained and stopped').length > 0);
 });
 
 t.test('--shutdown-timeout bounds the drain', async (t) => {

@@ -3,9 +3,10 @@
 // emulator is in test/tokens/cache-storm.test.ts.
 import t from 'tap';
 import { ImdsError } from '../../src/imds/errors.js';
+import { FetchFailure } from '../../src/values/failures.js';
 import { createLogger } from '../../src/observability/log.js';
 import { TokenCache, type TokenCacheOptions } from '../../src/tokens/cache.js';
-import { makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../../src/tokens/token.js';
+import { makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../../src/values/token.js';
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -257,15 +258,15 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
   t.equal(cache.inFlight, 5, 'two running, three queued');
   t.equal(up.calls.length, 2, 'only two reached the upstream');
   const full = await cache.getToken(request('https://r-more/'), new AbortController().signal).catch((e: unknown) => e);
-  t.type(full, ImdsError);
-  t.equal((full as ImdsError).code, 'upstream_saturated', 'beyond the bound: refused at once');
+  t.type(full, FetchFailure);
+  t.equal((full as FetchFailure).kind, 'saturated', 'beyond the bound: refused at once');
 
   // Two clients wait for r0: one hanging up does not cancel it for the other.
   const second = new AbortController();
   const shared = cache.getToken(request('https://r0/'), second.signal);
   for (const c of clients) c.gone.abort();
   const outcomes = await Promise.all(waits);
-  t.ok(outcomes.every((e) => e instanceof ImdsError && e.code === 'client_closed'), 'the clients that left are told so');
+  t.ok(outcomes.every((e) => e instanceof FetchFailure && e.kind === 'abandoned'), 'the clients that left are told so');
   await flush();
   await flush();
   t.equal(cache.inFlight, 1, 'abandoned fetches are gone; r0 still has a client');
@@ -296,7 +297,7 @@ t.test('a background refresh is the cache\'s own: clients that join and leave do
   const forced = cache.getToken(request(undefined, { forceRefresh: true }), gone.signal).catch((e: unknown) => e);
   await flush();
   gone.abort();
-  t.equal(((await forced) as ImdsError).code, 'client_closed');
+  t.equal(((await forced) as FetchFailure).kind, 'abandoned');
   t.equal(cache.inFlight, 1, 'the refresh still runs');
   finish();
   await flush();
@@ -354,7 +355,7 @@ t.test('upstream concurrency is bounded; the rest queue', async (t) => {
   for (let served = 0; served < 50; ) {
     await flush();
     const batch = releases.splice(0);
-    batch.forEach((r) => r());
+    for (const release of batch) release();
     served += batch.length;
   }
   await Promise.all(all);

@@ -1,7 +1,7 @@
 // The token domain's own rules: request subjects and the reuse of rendered responses. Parsing and rendering
 // the IMDS shape are tested with the upstream fetch (test/upstream/token-fetch.test.ts).
 import t from 'tap';
-import { makeToken, renderTokenResponse, tokenRequest, TokenResponses } from '../../src/tokens/token.js';
+import { makeToken, renderTokenResponse, tokenRequest, TokenResponses } from '../../src/values/token.js';
 
 const token = (accessToken: string, expiresOn = 2000) => makeToken({ accessToken, expiresOn, notBefore: '', tokenType: 'Bearer', clientId: '' });
 

@@ -5,6 +5,7 @@ import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
+import { imdsErrorOf } from '../../src/imds/errors.js';
 import { ChallengeError, keyFilePath, parseRealm, readKeyFile } from '../../src/upstream/challenge.js';
 
 const GUID = '0f0e0d0c-0b0a-4909-8807-060504030201';
@@ -24,7 +25,8 @@ async function failure(t: Test, promise: Promise<unknown>, reason: string, messa
   } catch (err) {
     t.type(err, ChallengeError, `${reason}: a ChallengeError`);
     t.equal((err as ChallengeError).reason, reason, `reason ${reason}`);
-    t.equal((err as ChallengeError).code, 'challenge_failed', 'answered as challenge_failed (500)');
+    t.equal((err as ChallengeError).code, 'upstream_challenge', 'a typed upstream failure of kind challenge');
+    t.equal(imdsErrorOf(err)?.code, 'challenge_failed', 'answered as challenge_failed (500)');
     if (message) t.match((err as Error).message, message);
   }
 }

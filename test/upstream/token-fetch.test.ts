@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { makeToken, renderTokenResponse } from '../../src/tokens/token.js';
+import { makeToken, renderTokenResponse } from '../../src/values/token.js';
 import { parseToken } from '../../src/upstream/token-fetch.js';
 import { armTokenPath, scriptedUpstream, startStack } from '../fixtures/stack.js';
 
@@ -193,7 +193,7 @@ t.test('token parsing and rendering', async (t) => {
   t.same(Object.keys(JSON.parse(byObject)).slice(0, 8), ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type'], 'IMDS field order');
   const byClient = renderTokenResponse(token, { resource: 'r', selector: { kind: 'client_id', value: 'c-1' } }, 1500);
   t.equal(byClient.split('"client_id"').length - 1, 1, 'a client_id selection is not echoed twice (client_id is always there)');
-  t.throws(() => parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000 }), { kind: 'object_id', value: 'o' }, 1500), { code: 'identity_not_found' });
+  t.throws(() => parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000 }), { kind: 'object_id', value: 'o' }, 1500), { code: 'upstream_identity' });
   t.equal(parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000, mi_res_id: '/R' }), { kind: 'msi_res_id', value: '/r' }, 1500).accessToken, 'x',
     'an agent echoing mi_res_id is accepted, case-insensitively');
 });

@@ -1,20 +1,65 @@
-// Wiring for `serve`: upstream client -> token fetch -> token cache -> request handler -> listeners, plus the
-// admin listener (metrics, health, readiness) and the shutdown sequence. Used by the CLI, the demo and tests,
-// so all of them run exactly the same pipeline.
-import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js';
-import { himdsAnswersHere } from './netns.js';
-import { createAdminHandler } from './observability/admin.js';
-import { Audit } from './observability/audit.js';
-import { Readiness } from './observability/health.js';
-import type { Logger } from './observability/log.js';
-import { Metrics } from './observability/metrics.js';
-import { ListenerLimits } from './imds/limits.js';
-import { ResourcePolicy } from './imds/policy.js';
-import { createRequestHandler, describeAddress, ListenError, listenAll, type RunningServers } from './server.js';
-import { TokenCache } from './tokens/cache.js';
-import { UpstreamClient } from './upstream/client.js';
-import { TokenFetcher } from './upstream/token-fetch.js';
-import { VERSION } from './version.js';
+// Wiring for `serve`: upstream client -> token fetch -> token cache -> request pipeline -> listeners, plus the
+// admin listener (metrics, health, readiness) and the shutdown sequence. Used by the `serve` and `demo`
+// commands and by tests, so all of them run exactly the same pipeline.
+import { himdsAnswersHere } from '../host/netns.js';
+import { ListenerLimits } from '../imds/limits.js';
+import { ResourcePolicy } from '../imds/policy.js';
+import { createAdminHandler } from '../observability/admin.js';
+import { Audit } from '../observability/audit.js';
+import { Readiness } from '../observability/health.js';
+import type { Logger } from '../observability/log.js';
+import { Metrics } from '../observability/metrics.js';
+import { TokenCache } from '../tokens/cache.js';
+import { UpstreamClient } from '../upstream/client.js';
+import { TokenFetcher } from '../upstream/token-fetch.js';
+import { describeAddress, IMDS_ADDRESS, type ListenAddress, type UpstreamAddress } from '../values/addresses.js';
+import type { LogLevel } from '../values/parsers.js';
+import { VERSION } from '../version.js';
+import { ListenError, listenAll, type RunningServers } from './listeners.js';
+import { createRequestHandler } from './pipeline.js';
+
+/** Everything `serve` runs with (src/commands/serve.ts declares the options that produce it). */
+export interface ServeConfig {
+  readonly listen: readonly ListenAddress[];
+  readonly upstream: UpstreamAddress;
+  readonly tokensDir: string;
+  readonly himdsApiVersion: string;
+  /** Deadline of one upstream attempt, ms. */
+  readonly upstreamTimeoutMs: number;
+  /** Deadline for a whole client request, retries included, ms. */
+  readonly requestTimeoutMs: number;
+  readonly logLevel: LogLevel;
+  readonly cacheMaxEntries: number;
+  /** A cached token is served only while it has at least this much validity left, ms. */
+  readonly minRemainingMs: number;
+  readonly refreshRatio: number;
+  readonly refreshBeforeMs: number;
+  readonly forceRefreshIntervalMs: number;
+  readonly upstreamConcurrency: number;
+  /** Token fetches that may wait for a slot beyond upstreamConcurrency. */
+  readonly upstreamQueue: number;
+  /** Resources whose tokens are fetched at start. */
+  readonly prefetch: readonly string[];
+  /** Mode and group of unix socket listeners. */
+  readonly socketMode: number;
+  readonly socketGroup: number | undefined;
+  readonly allowHostNetns: boolean;
+  /** /metrics, /healthz, /readyz; undefined when switched off. */
+  readonly adminListen: ListenAddress | undefined;
+  readonly readinessIntervalMs: number;
+  readonly readinessResource: string;
+  /** In-flight requests get this long to finish on SIGTERM/SIGINT. */
+  readonly shutdownTimeoutMs: number;
+  /** Resources (exact, or prefix*) tokens are handed out for; empty: all. */
+  readonly allowResource: readonly string[];
+  readonly rateLimit: number | undefined;
+  readonly concurrencyLimit: number | undefined;
+  /** Open connections per listener. */
+  readonly maxConnections: number;
+  /** Slowloris: the header block must arrive within this. */
+  readonly headersTimeoutMs: number;
+}
+
 
 export interface RunningProxy {
   /** The IMDS addresses actually bound (port 0 resolved). */
@@ -33,10 +78,10 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
   const answersImds = config.listen.some((l) => l.kind === 'tcp' && l.host === IMDS_ADDRESS);
   if (answersImds && !config.allowHostNetns && (await himdsAnswersHere())) {
     throw new ListenError(
+      'host_namespace_refused',
       `refusing to listen on ${IMDS_ADDRESS}: HIMDS answers on 127.0.0.1:40342 here, so this is the host network ` +
         'namespace, where answering it makes Arc onboarding fail. Run the sidecar in the application\'s network ' +
         'namespace (--allow-host-netns overrides this for a private namespace)',
-      true,
     );
   }
   let tokens: TokenCache | undefined;

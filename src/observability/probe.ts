@@ -1,7 +1,11 @@
 // `probe`: ask an admin listener's /readyz, for health checks in images without curl (Docker HEALTHCHECK,
 // compose healthchecks, Kubernetes exec probes). Ready: exit 0. Anything else: a one-line reason, exit 1.
 import { request } from 'undici';
-import type { ProbeConfig } from './config.js';
+
+export interface ProbeConfig {
+  readonly url: string;
+  readonly timeoutMs: number;
+}
 
 export async function probe(config: ProbeConfig): Promise<{ ok: boolean; message: string }> {
   try {

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { somethingListens } from './listener-probe.js';
+import { somethingListens } from '../host/listener-probe.js';
 
 export class SocketPathError extends Error {
   constructor(message: string) {

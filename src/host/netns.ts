@@ -3,18 +3,24 @@
 // on loopback: that is the host's network namespace, where 169.254.169.254 must never be answered.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { NetnsSetupConfig } from './config.js';
 import { somethingListens } from './listener-probe.js';
+
+export interface NetnsSetupConfig {
+  readonly addresses: readonly string[];
+  readonly allowHostNetns: boolean;
+}
 
 const run = promisify(execFile);
 
+/** Why netns-setup could not finish: a refusal the operator must decide on, or what the environment lacks. */
+export type NetnsSetupErrorCode = 'netns_host_namespace' | 'netns_no_ip' | 'netns_no_permission' | 'netns_failed';
+
 export class NetnsSetupError extends Error {
-  /** The CLI's exit status: 2 for a refusal the operator must decide on, 1 for the environment. */
-  readonly exitCode: number;
-  constructor(message: string, exitCode: number) {
+  readonly code: NetnsSetupErrorCode;
+  constructor(code: NetnsSetupErrorCode, message: string) {
     super(message);
     this.name = 'NetnsSetupError';
-    this.exitCode = exitCode;
+    this.code = code;
   }
 }
 
@@ -29,15 +35,15 @@ async function ip(args: string[]): Promise<string> {
     return stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') throw new NetnsSetupError("netns-setup needs the 'ip' command (iproute2) in this image", 1);
+    if (e.code === 'ENOENT') throw new NetnsSetupError('netns_no_ip', "netns-setup needs the 'ip' command (iproute2) in this image");
     const why = (e.stderr ?? e.message).trim();
     if (/Operation not permitted|Permission denied/i.test(why)) {
       throw new NetnsSetupError(
+        'netns_no_permission',
         `netns-setup needs NET_ADMIN in this network namespace (e.g. an init container with capabilities add: [NET_ADMIN]): 'ip ${args.join(' ')}': ${why}`,
-        1,
       );
     }
-    throw new NetnsSetupError(`'ip ${args.join(' ')}' failed: ${why}`, 1);
+    throw new NetnsSetupError('netns_failed', `'ip ${args.join(' ')}' failed: ${why}`);
   }
 }
 
@@ -45,10 +51,10 @@ async function ip(args: string[]): Promise<string> {
 export async function netnsSetup(config: NetnsSetupConfig): Promise<string[]> {
   if (!config.allowHostNetns && (await himdsAnswersHere())) {
     throw new NetnsSetupError(
+      'netns_host_namespace',
       'something answers on 127.0.0.1:40342 (HIMDS): this looks like the host network namespace, where answering ' +
         '169.254.169.254 makes Arc onboarding fail. Run netns-setup in the application\'s network namespace ' +
         '(--allow-host-netns overrides this)',
-      2,
     );
   }
   const done: string[] = [];

@@ -3,10 +3,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { parseServe, type DemoConfig } from './config.js';
-import { HimdsEmulator } from './emulator/himds.js';
-import type { Logger } from './observability/log.js';
-import { startProxy } from './proxy.js';
+import { HimdsEmulator } from '../emulator/himds.js';
+import type { Logger } from '../observability/log.js';
+import { startProxy, type ServeConfig } from './proxy.js';
+
+/** `serve`'s configuration for this upstream and tokens directory, from serve's own option table. */
+export type ServeConfigFor = (upstream: string, tokensDir: string) => ServeConfig;
 
 export interface RunningDemo {
   readonly proxyUrl: string;
@@ -15,15 +17,11 @@ export interface RunningDemo {
   close(): Promise<void>;
 }
 
-export async function startDemo(config: DemoConfig, log: Logger): Promise<RunningDemo> {
+export async function startDemo(serveConfigFor: ServeConfigFor, log: Logger): Promise<RunningDemo> {
   const tokensDir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-demo-'));
   const loopback = { kind: 'tcp', host: '127.0.0.1', port: 0 } as const;
   const emulator = await HimdsEmulator.start({ tokensDir }, loopback);
-  // The same defaults as `serve`, from the same option table; only where to listen and what to ask differ.
-  const { config: serve } = parseServe(
-    ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--upstream', emulator.url, '--tokens-dir', tokensDir, '--log-level', config.logLevel],
-    {},
-  );
+  const serve = serveConfigFor(emulator.url, tokensDir);
   const proxy = await startProxy(serve, log).catch(async (err: unknown) => {
     await emulator.close();
     await rm(tokensDir, { recursive: true, force: true });
