@@ -19,6 +19,7 @@ Commands:
   demo             the proxy in front of the emulator on free loopback ports; prints curl commands
   netns-setup      bring lo up and add 169.254.169.254/32 to it in this network namespace (needs NET_ADMIN)
   probe            exit 0 when an admin listener's /readyz says ready (for health checks without curl)
+  webhook          Kubernetes mutating admission webhook: injects the sidecar into pods that opt in by label
 
 Run 'arc-imds-proxy <command> --help' for a command's options. --version prints the version.
 `;
@@ -61,6 +62,7 @@ const COMMANDS: Record<string, Command> = {
     process.stdout.write(`${result.message}\n`);
     return undefined;
   },
+  webhook: async (argv) => (await import('./webhook/command.js')).runWebhook(argv),
   async demo(argv) {
     const { config, help } = parseDemo(argv, process.env);
     if (help) return void process.stdout.write(helpText('demo', 'Run the proxy in front of the HIMDS emulator on free loopback ports.', DEMO_OPTIONS));

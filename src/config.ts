@@ -185,7 +185,7 @@ function parseTokensDir(text: string): string {
   return normal.length > 1 && normal.endsWith('/') ? normal.slice(0, -1) : normal;
 }
 
-function oneOf<T extends string>(allowed: readonly T[]) {
+export function oneOf<T extends string>(allowed: readonly T[]) {
   return (text: string): T => {
     if (!(allowed as readonly string[]).includes(text)) throw new Error(`'${text}' is not one of ${allowed.join(', ')}`);
     return text as T;
@@ -197,7 +197,7 @@ function positiveInt(text: string): number {
   return Number(text);
 }
 
-function wholeInRange(min: number, max: number) {
+export function wholeInRange(min: number, max: number) {
   return (text: string): number => {
     const n = positiveInt(text);
     if (n < min || n > max) throw new Error(`'${text}' is not between ${min} and ${max}`);
@@ -229,10 +229,19 @@ function limit(imds: number) {
   };
 }
 
-function resourcePattern(text: string): string {
+export function resourcePattern(text: string): string {
   resource(text);
   if (text.indexOf('*') !== -1 && text.indexOf('*') !== text.length - 1) throw new Error(`'${text}': * may only end a prefix`);
   if (text === '*') throw new Error(`'*' allows everything: leave --allow-resource out instead`);
+  return text;
+}
+
+/** NAMESPACE/POD (kubelet expands $(POD_NAMESPACE)/$(POD_NAME) from the downward API before this sees it). */
+function workloadName(text: string): string {
+  const parts = text.split('/');
+  if (parts.length !== 2 || parts.some((p) => !/^[\x21-\x7e]{1,253}$/.test(p))) {
+    throw new Error(`'${text}' is not NAMESPACE/POD (printable, no spaces, at most 253 characters each)`);
+  }
   return text;
 }
 
@@ -293,7 +302,7 @@ function positiveDuration(text: string): number {
 // Option tables: one row per flag. `env` is derived: ARC_IMDS_ + the flag in capitals with '_'.
 // ---------------------------------------------------------------------------------------------------------
 
-interface OptionSpec {
+export interface OptionSpec {
   readonly flag: string;
   readonly key: string;
   readonly value: string; // placeholder in help; '' for a switch
@@ -316,7 +325,7 @@ const allowHostNetns: OptionSpec = {
   help: `allow answering ${IMDS_ADDRESS} where HIMDS is on loopback (the host network namespace), which breaks Arc onboarding`,
 };
 
-const logLevel: OptionSpec = {
+export const logLevel: OptionSpec = {
   flag: 'log-level', key: 'logLevel', value: 'LEVEL', default: 'info', parse: oneOf(LOG_LEVELS),
   help: `log level: ${LOG_LEVELS.join(', ')}`,
 };
@@ -370,6 +379,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'file mode of unix socket listeners: who can connect gets tokens' },
   { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,
     help: 'group of unix socket listeners (name or gid)' },
+  { flag: 'workload', key: 'workload', value: 'NAMESPACE/POD', parse: workloadName,
+    help: 'the workload this sidecar serves, as the relay should name it (asserted, not authenticated)' },
   allowHostNetns,
   logLevel,
 ];
@@ -423,7 +434,7 @@ export interface Parsed<T> {
  * Parse argv for one command against its option table. Precedence: flag, then ARC_IMDS_* variable, then the
  * default. Returns the values and every problem found (the caller adds its own checks, then throws them all).
  */
-function parseOptions(
+export function parseOptions(
   specs: readonly OptionSpec[],
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
@@ -488,7 +499,7 @@ function parseOptions(
 // eslint-disable-next-line no-control-regex
 const printable = (line: string) => line.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
-function finish<T>(config: Record<string, unknown>, problems: readonly string[], help: boolean): Parsed<T> {
+export function finish<T>(config: Record<string, unknown>, problems: readonly string[], help: boolean): Parsed<T> {
   if (!help && problems.length > 0) throw new ConfigError(problems.map(printable));
   return { config: Object.freeze(config) as T, help };
 }
