@@ -45,7 +45,8 @@ export function admit(text: string, settings: InjectionSettings): Answer {
   const request = review.request;
   if (!isObject(request)) return badRequest('the AdmissionReview has no request');
   const uid = request.uid;
-  if (typeof uid !== 'string' || uid === '' || uid.length > 128) return badRequest('the AdmissionReview request has no uid');
+  if (typeof uid !== 'string' || uid === '') return badRequest('the AdmissionReview request has no uid');
+  if (uid.length > 128) return badRequest('the AdmissionReview request uid is longer than 128 characters');
 
   const decision = decide(request, settings);
   const response: Record<string, unknown> = { uid, allowed: decision.allowed };

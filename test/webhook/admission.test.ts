@@ -261,6 +261,7 @@ t.test('bad requests get a clear error and the webhook keeps answering', async (
     ['no request', JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' }), 400, /has no request/],
     ['no uid', JSON.stringify({ ...review, request: { ...review.request, uid: undefined } }), 400, /request has no uid/],
     ['an empty uid', JSON.stringify({ ...review, request: { ...review.request, uid: '' } }), 400, /request has no uid/],
+    ['a uid of 129 characters', JSON.stringify({ ...review, request: { ...review.request, uid: 'u'.repeat(129) } }), 400, /uid is longer than 128 characters/],
   ];
   for (const [what, body, status, message] of cases) {
     const reply = await post(body);

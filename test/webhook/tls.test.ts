@@ -94,6 +94,11 @@ t.test('options: what is required, and bad certificate files stop it with the fi
   t.match(problemsOf(args(['--loopback-port', '9464', '--sidecar-memory-limit', 'big', '--image-pull-policy', 'Sometimes'])), [
     /--image-pull-policy: 'Sometimes' is not one of Always, IfNotPresent, Never/, /--sidecar-memory-limit: 'big' is not a Kubernetes quantity/, /--loopback-port must differ from --admin-port/,
   ], 'bad values, each named');
+  t.match(problemsOf(['--tls-cert', '', '--tls-key', 'k', '--image', 'not an image', '--socket-dir', 'run/arc-imds', '--tls-reload-interval', '10ms']), [
+    /--tls-cert: '' is not a file name/, /--tls-reload-interval: '10ms' is too short/, /--image: 'not an image' is not an image reference/,
+    /--socket-dir: 'run\/arc-imds' must be an absolute path/,
+  ], 'file, interval, image and directory checked');
+  t.equal(parseWebhook(args(['--socket-dir', '/run//arc-imds/']), {}).config.socketDir, '/run/arc-imds', '--socket-dir normalised');
   t.match(problemsOf(['--listen', 'webhook:443', '--tls-cert', 'c', '--tls-key', 'k', '--image', 'i']), [/host must be an IP address/], '--listen HOST:PORT');
 
   const start = (cert: string, key: string) => startWebhook(parseWebhook(['--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key, '--image', 'i'], {}).config, createLogger('silent'));
