@@ -51,6 +51,13 @@ module.exports = {
       from: { path: '^src/emulator/' },
       to: { path: '^src/', pathNot: '^src/(emulator|values)/' },
     },
+    {
+      name: 'webhook-stands-alone',
+      severity: 'error',
+      comment: 'The admission webhook builds pod patches; it shares value types and observability, nothing of the proxy.',
+      from: { path: '^src/webhook/' },
+      to: { path: '^src/(server|imds|tokens|upstream|commands|options|emulator)/' },
+    },
   ],
   options: {
     doNotFollow: { path: 'node_modules' },

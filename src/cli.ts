@@ -7,12 +7,13 @@ import { emulateHimds } from './commands/emulate-himds.js';
 import { netnsSetupCommand } from './commands/netns-setup.js';
 import { probeCommand } from './commands/probe.js';
 import { serve } from './commands/serve.js';
+import { webhook } from './commands/webhook.js';
 import { VERSION } from './version.js';
 // Command modules hold only their option tables: each loads what it runs when it runs (`serve` never loads the
 // emulator, `probe` not the proxy). Loaded modules are resident memory for the life of a sidecar, and start-up
 // time for every probe.
 
-const COMMANDS: readonly Command[] = [serve, emulateHimds, demo, netnsSetupCommand, probeCommand];
+const COMMANDS: readonly Command[] = [serve, emulateHimds, demo, netnsSetupCommand, probeCommand, webhook];
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length)) + 4;

@@ -49,8 +49,13 @@ const SERVE_FLAGS = [
   'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
   'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'upstream-queue', 'prefetch',
   'admin-listen', 'readiness-interval', 'readiness-resource', 'shutdown-timeout', 'allow-resource', 'rate-limit',
-  'concurrency-limit', 'max-connections', 'headers-timeout', 'socket-mode', 'socket-group',
+  'concurrency-limit', 'max-connections', 'headers-timeout', 'socket-mode', 'socket-group', 'workload',
   'allow-host-netns', 'log-level',
+];
+const WEBHOOK_FLAGS = [
+  'listen', 'tls-cert', 'tls-key', 'tls-reload-interval', 'image', 'image-pull-policy', 'socket-dir', 'admin-port',
+  'loopback-port', 'sidecar-cpu-request', 'sidecar-memory-request', 'sidecar-memory-limit', 'sidecar-log-level',
+  'max-request-bytes', 'log-level',
 ];
 const EMULATOR_FLAGS = [
   'listen', 'tokens-dir', 'token-lifetime', 'key-ttl', 'latency', 'fail-next', 'fail-status', 'startup-unavailable',
@@ -77,7 +82,7 @@ t.test('--version and --help', async (t) => {
 });
 
 t.test('each command documents every flag and its ARC_IMDS_* variable', async (t) => {
-  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS], ['probe', PROBE_FLAGS]];
+  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS], ['probe', PROBE_FLAGS], ['webhook', WEBHOOK_FLAGS]];
   const results = await Promise.all(cases.map(([command]) => run(t, [command, '--help'])));
   cases.forEach(([command, flags], i) => {
     const r = results[i]!;

@@ -60,6 +60,7 @@ export const EXIT_STATUS: Readonly<Record<string, number>> = {
   listen_address_unavailable: 2,
   listen_permission: 2,
   host_namespace_refused: 2,
+  webhook_tls_invalid: 2,
   netns_host_namespace: 2,
   listen_in_use: 1,
   listen_socket_path: 1,

@@ -6,7 +6,7 @@ import type { ServeConfig } from '../server/proxy.js';
 import { DEFAULT_ADMIN, DEFAULT_HIMDS, DEFAULT_TOKENS_DIR, describeAddress, IMDS_ADDRESS, isLoopback, sameAddress, type ListenAddress, type UpstreamAddress } from '../values/addresses.js';
 import {
   fileMode, group, IMDS_CONCURRENCY_LIMIT, IMDS_RATE_LIMIT, limit, parseApiVersion, parseDuration, parseListenAddress, parseTokensDir, parseUpstream,
-  positiveDuration, ratio, resource, resourcePattern, wholeInRange,
+  positiveDuration, ratio, resource, resourcePattern, wholeInRange, workloadName,
 } from '../values/parsers.js';
 import { defineCommand, parseCommand } from './command.js';
 
@@ -46,7 +46,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { flag: 'readiness-interval', key: 'readinessIntervalMs', value: 'DURATION', default: '10s', parse: positiveDuration,
     help: 'how often readiness checks that a token can be minted (probes answer from the last check)' },
   { flag: 'readiness-resource', key: 'readinessResource', value: 'RESOURCE', default: 'https://management.azure.com/', parse: resource,
-    help: 'resource the readiness check asks for (HIMDS: challenge only, nothing minted)' },
+    help: 'resource the readiness check asks for (HIMDS: challenge only, nothing minted); with --allow-resource, the first allowed one unless given' },
   { flag: 'shutdown-timeout', key: 'shutdownTimeoutMs', value: 'DURATION', default: '10s', parse: parseDuration,
     help: 'on SIGTERM/SIGINT, in-flight requests get this long to finish' },
   { flag: 'allow-resource', key: 'allowResource', value: 'RESOURCE', multiple: true, parse: resourcePattern,
@@ -63,12 +63,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     help: 'file mode of unix socket listeners: who can connect gets tokens' },
   { flag: 'socket-group', key: 'socketGroup', value: 'GROUP', parse: group,
     help: 'group of unix socket listeners (name or gid)' },
+  { flag: 'workload', key: 'workload', value: 'NAMESPACE/POD', parse: workloadName,
+    help: 'the workload this sidecar serves, told to the relay for its audit trail (asserted, not authenticated)' },
   allowHostNetnsOption,
   logLevelOption,
 ];
 
 /** The checks across options. */
-function check(config: Record<string, unknown>, problems: string[], _argv: readonly string[], env: NodeJS.ProcessEnv): void {
+function check(config: Record<string, unknown>, problems: string[], argv: readonly string[], env: NodeJS.ProcessEnv): void {
   if (config.upstream === undefined && !problems.some((p) => p.startsWith('--upstream:') || p.startsWith(`${envName('upstream')}:`))) {
     // Not an ARC_IMDS_ variable: the one the Arc agent itself sets for its services.
     const imdsEndpoint = env.IMDS_ENDPOINT;
@@ -111,6 +113,11 @@ function check(config: Record<string, unknown>, problems: string[], _argv: reado
     problems.push(`--upstream ${upstream.path}: the same socket as a --listen address`);
   }
   const allowed = config.allowResource as string[] | undefined;
+  const readinessGiven = argv.some((a) => a === '--readiness-resource' || a.startsWith('--readiness-resource=')) || (env[envName('readiness-resource')] ?? '') !== '';
+  if (allowed && allowed.length > 0 && !readinessGiven) {
+    // Not given: ask for the first resource this proxy allows (a prefix's own base), which it can serve.
+    config.readinessResource = allowed[0]!.endsWith('*') ? allowed[0]!.slice(0, -1) : allowed[0]!;
+  }
   const readinessResource = config.readinessResource as string | undefined;
   if (allowed && readinessResource !== undefined && !new ResourcePolicy(allowed).allows(readinessResource)) {
     problems.push(

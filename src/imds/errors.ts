@@ -52,6 +52,8 @@ export const ERRORS = {
   api_version: { status: 400, body: { error: API_VERSION_MESSAGE, 'newest-versions': NEWEST_API_VERSIONS }, cause: 'client' },
   // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
   token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE }, cause: 'client' },
+  // An absolute-form request (a client using the sidecar as its HTTP proxy) for a host that is not IMDS's.
+  proxy_host_refused: { status: 403, body: { error: 'invalid_request', error_description: 'This endpoint answers only for 169.254.169.254; it is not a general HTTP proxy' }, cause: 'client' },
   not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' }, cause: 'client' },
   // Malformed HTTP, answered on the raw socket before any request exists (server.ts onClientError).
   malformed_http: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed HTTP request' }, cause: 'client' },

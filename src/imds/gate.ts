@@ -155,6 +155,22 @@ export function isAcceptedApiVersion(v: string | undefined, which: Route = 'toke
   return (which === 'instance' ? INSTANCE_VERSIONS : IDENTITY_VERSIONS).has(v);
 }
 
+// An HTTP forward-proxy client (HTTP_PROXY pointing at the sidecar) sends the absolute form,
+// `GET http://169.254.169.254/metadata/...`. For the IMDS address it is the same request as the origin form;
+// any other host is refused here and nothing is forwarded: this is not a general proxy.
+const ABSOLUTE_FORM = /^http:\/\/([^/?#]*)(.*)$/i;
+const IMDS_AUTHORITIES = new Set(['169.254.169.254', '169.254.169.254:80']);
+
+/** The origin form of a request target, or the refusal of a host that is not IMDS's. */
+function originForm(target: string): string | ImdsError {
+  if (target.startsWith('/')) return target;
+  const m = ABSOLUTE_FORM.exec(target);
+  if (!m) return target;
+  if (!IMDS_AUTHORITIES.has(m[1]!.toLowerCase())) return new ImdsError('proxy_host_refused');
+  const rest = m[2]!;
+  return rest === '' || rest.startsWith('?') ? `/${rest}` : rest;
+}
+
 /** How many request targets a gate remembers its decision for; when full it starts over. */
 const URL_MEMO_SIZE = 256;
 
@@ -184,7 +200,9 @@ export class Gate {
 }
 
 /** Everything the gate decides from the request target alone: path, route, query, api-version. */
-function gateUrl(url: string): GatedRequest | ImdsError {
+function gateUrl(target: string): GatedRequest | ImdsError {
+  const url = originForm(target);
+  if (url instanceof ImdsError) return url;
   const q = url.indexOf('?');
   const path = normalisePath(q === -1 ? url : url.slice(0, q));
   const which = route(path);

@@ -24,6 +24,7 @@ import type { Metrics, RouteLabel } from '../observability/metrics.js';
 import type { Served, TokenCache } from '../tokens/cache.js';
 import { TokenResponses, type TokenRequest } from '../values/token.js';
 import type { UpstreamClient } from '../upstream/client.js';
+import { isWorkloadName, WORKLOAD_HEADER } from '../values/workload.js';
 
 /** What the pipeline reads of a request: node's PipelineRequest has it, and so can a plain object. */
 export interface PipelineRequest {
@@ -66,6 +67,15 @@ function respond(res: PipelineResponse, status: number, body: string, bytes: num
   if (retryAfter !== undefined) headers['Retry-After'] = retryAfter;
   res.writeHead(status, headers);
   res.end(body);
+}
+
+/**
+ * Who a unix-socket client is: `unix`, or `unix:NAMESPACE/POD` when a sidecar says which workload it serves
+ * (asserted by the peer, not authenticated: the socket's mode and group decide who may connect at all).
+ */
+function unixClient(req: PipelineRequest): string {
+  const workload = req.headers[WORKLOAD_HEADER];
+  return typeof workload === 'string' && isWorkloadName(workload) ? `unix:${workload}` : 'unix';
 }
 
 export function createRequestHandler(deps: ProxyDeps): RequestHandler {
@@ -113,7 +123,7 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
 
   function serve(request: TokenRequest, served: Served, req: PipelineRequest, res: PipelineResponse, started: number): number {
     metrics.cacheResults.inc(served.result);
-    const client = req.socket.remoteAddress ?? 'unix';
+    const client = req.socket.remoteAddress ?? unixClient(req);
     if (served.result === 'miss' || served.result === 'forced') {
       // Only fetches are logged at info: the cached path stays cheap (the audit counts hits).
       log.info(

@@ -58,6 +58,8 @@ export interface ServeConfig {
   readonly maxConnections: number;
   /** Slowloris: the header block must arrive within this. */
   readonly headersTimeoutMs: number;
+  /** NAMESPACE/POD of the workload a sidecar serves, told to its upstream relay (asserted, not authenticated). */
+  readonly workload: string | undefined;
 }
 
 
@@ -98,7 +100,7 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     connections: config.upstreamConcurrency,
     metrics,
   });
-  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion, metrics }, log);
+  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion, metrics, workload: config.workload }, log);
   tokens = new TokenCache((request, signal) => fetcher.getToken(request, signal), {
     maxEntries: config.cacheMaxEntries,
     minRemainingMs: config.minRemainingMs,

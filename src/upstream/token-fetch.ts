@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamFailure } from '../values/failures.js';
+import { WORKLOAD_HEADER } from '../values/workload.js';
 import { clientIdFromJwt, makeToken, tokenRequest, type Selector, type Token, type TokenRequest } from '../values/token.js';
 import { ChallengeError, parseRealm, readKeyFile } from './challenge.js';
 import { headerValue, type UpstreamClient, type UpstreamResponse } from './client.js';
@@ -20,17 +21,22 @@ export interface TokenFetchOptions {
   readonly tokensDir: string;
   readonly apiVersion: string;
   readonly metrics?: Metrics | undefined;
+  /** NAMESPACE/POD of the workload this proxy serves (a sidecar), told to the upstream relay. */
+  readonly workload?: string | undefined;
 }
 
 export class TokenFetcher {
   readonly #client: UpstreamClient;
   readonly #options: TokenFetchOptions;
   readonly #log: Logger;
+  /** What every upstream request carries: Metadata, and the workload when this is a sidecar that knows it. */
+  readonly #headers: Readonly<Record<string, string>>;
 
   constructor(client: UpstreamClient, options: TokenFetchOptions, log: Logger) {
     this.#client = client;
     this.#options = options;
     this.#log = log;
+    this.#headers = options.workload ? { Metadata: 'true', [WORKLOAD_HEADER]: options.workload } : { Metadata: 'true' };
   }
 
   /** A token for the request, or an UpstreamFailure saying what went wrong. */
@@ -51,10 +57,10 @@ export class TokenFetcher {
   }
 
   async #attempt(path: string, request: TokenRequest, signal: AbortSignal): Promise<Token> {
-    let response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
+    let response = await this.#client.get('challenge', path, this.#headers, signal);
     if (response.status === 401) {
       const key = await this.#answerChallenge(response);
-      response = await this.#client.get('token', path, { Metadata: 'true', Authorization: `Basic ${key}` }, signal);
+      response = await this.#client.get('token', path, { ...this.#headers, Authorization: `Basic ${key}` }, signal);
       if (response.status === 401) {
         this.#options.metrics?.challengeFailures.inc({ reason: 'key_rejected' });
         throw new ChallengeError('key_rejected', 'HIMDS rejected the key from its own challenge');
@@ -81,7 +87,7 @@ export class TokenFetcher {
    */
   async checkCanMint(resource: string, signal: AbortSignal): Promise<string> {
     const path = this.#path(tokenRequest(resource));
-    const response = await this.#client.get('challenge', path, { Metadata: 'true' }, signal);
+    const response = await this.#client.get('challenge', path, this.#headers, signal);
     if (response.status === 401) {
       await this.#answerChallenge(response);
       return 'a token can be minted';

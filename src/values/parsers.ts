@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ListenAddress, TcpAddress, UnixAddress, UpstreamAddress } from './addresses.js';
+import { isWorkloadName } from './workload.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -198,8 +199,24 @@ export function positiveDuration(text: string): number {
   return ms;
 }
 
+/** NAMESPACE/POD (kubelet expands $(POD_NAMESPACE)/$(POD_NAME) from the downward API before this sees it). */
+export function workloadName(text: string): string {
+  if (!isWorkloadName(text)) {
+    throw new Error(`'${text}' is not NAMESPACE/POD (printable, no spaces, at most 253 characters each)`);
+  }
+  return text;
+}
+
 export function yesNo(text: string): boolean {
   if (/^(true|1|yes)$/i.test(text)) return true;
   if (/^(false|0|no)$/i.test(text)) return false;
   throw new Error(`'${text}' is not true or false`);
+}
+
+/** A Kubernetes resource quantity (the forms resources use: 100m, 0.5, 64Mi, 1G, 2e3). */
+export function quantity(text: string): string {
+  if (!/^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/.test(text) || text.length > 32) {
+    throw new Error(`'${text}' is not a Kubernetes quantity (e.g. 10m, 0.5, 48Mi, 1Gi)`);
+  }
+  return text;
 }

@@ -25,7 +25,7 @@ import { SERVE_OPTIONS } from '../../src/commands/serve.js';
 import {
   COMPOSE_DIR, IMAGE_CLI, ROOT, cliArgs, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
   flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
-  read, renderKustomization, splitCommand, stageEnv, yamlDocument, KUBERNETES_DIR,
+  read, renderKustomization, splitCommand, stageEnv, yamlDocument, composition,
 } from '../fixtures/deploy.js';
 
 const dockerfile = parseDockerfile(read('Dockerfile'));
@@ -495,7 +495,9 @@ t.test('compose (Arc host): the relay and the sidecar command lines, with the em
 
 t.test('kubernetes: the relay and sidecar args and their probes, with the emulator playing HIMDS', async (t) => {
   const kubectl = kubectlPath();
-  const objects = kubectl ? kubectlKustomize(kubectl, KUBERNETES_DIR) : renderKustomization(KUBERNETES_DIR);
+  const relayAndExample = composition(['examples/workload', 'image']);
+  t.teardown(() => relayAndExample.remove());
+  const objects = kubectl ? kubectlKustomize(kubectl, relayAndExample.dir) : renderKustomization(relayAndExample.dir);
   const relaySet = objects.find((o) => o.kind === 'DaemonSet');
   const workload = objects.find((o) => o.kind === 'Deployment');
   if (!relaySet || !workload) throw new Error(`no DaemonSet or Deployment in ${objects.map(objectKey).join(', ')}`);

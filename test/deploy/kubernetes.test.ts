@@ -12,7 +12,7 @@ import { isDeepStrictEqual } from 'node:util';
 import t from 'tap';
 import ts from 'typescript';
 import {
-  KUBERNETES_DIR, ROOT, codeMetrics, documentedLabelValues, flagValue, invocationProblems, kubectlKustomize,
+  COMPONENTS, KUBERNETES_DIR, ROOT, codeMetrics, composition, imageReplacement, documentedLabelValues, flagValue, invocationProblems, kubectlKustomize,
   kubectlPath, kustomizations, lastOf, objectKey, parseDockerfile, portOf, promqlNames, promqlProblems, read, rel,
   renderKustomization, splitCommand, yamlDocument, TARGET_LABELS,
 } from '../fixtures/deploy.js';
@@ -24,9 +24,13 @@ const IMAGE_USER = lastOf(runtime, 'USER')!.args.split(':');
 const kubectl = kubectlPath();
 const deployReadme = read('deploy/README.md');
 
-const dirs = kustomizations();
-t.ok(dirs.includes(KUBERNETES_DIR), 'deploy/kubernetes/kustomization.yaml exists');
-t.ok(dirs.length >= 4, `kustomizations: ${dirs.map(rel).join(', ')}`);
+// Everything at once, as an overlay composes it: base, every component, the image set last, the overlay's
+// image replacement. (Removed at the end; the kustomizations in the repository are base and overlays/*.)
+const everything = composition(COMPONENTS, { replacements: imageReplacement() });
+t.teardown(() => everything.remove());
+const dirs = [...kustomizations(), everything.dir];
+t.same(kustomizations().map(rel), ['deploy/kubernetes/base', 'deploy/kubernetes/overlays/example'], 'the Kustomizations: base (the relay alone) and the example overlay');
+for (const c of COMPONENTS) t.equal(yamlDocument(path.join(KUBERNETES_DIR, c, 'kustomization.yaml')).kind, 'Component', `${c}: a Component`);
 
 const offline = new Map(dirs.map((d) => [d, renderKustomization(d)]));
 
@@ -45,13 +49,15 @@ t.test('kubectl kustomize renders every kustomization, exactly as the offline re
   }
 });
 
-const objects = kubectl ? kubectlKustomize(kubectl, KUBERNETES_DIR) : offline.get(KUBERNETES_DIR)!;
+const objects = kubectl ? kubectlKustomize(kubectl, everything.dir) : offline.get(everything.dir)!;
 const BUILTIN = new Map([
   ['v1', 'v1'],
   ['apps/v1', 'apps/v1'],
+  ['policy/v1', 'policy/v1'],
+  ['admissionregistration.k8s.io/v1', 'admissionregistration.k8s.io/v1'],
 ]);
 
-t.test('the top-level kustomization holds every object of the others', async (t) => {
+t.test('the composition of everything holds every object of each kustomization', async (t) => {
   const all = new Set(objects.map(objectKey));
   for (const [dir, list] of offline) for (const o of list) t.ok(all.has(objectKey(o)), `${objectKey(o)} (from ${rel(dir)})`);
 });
@@ -116,7 +122,7 @@ t.test('built-in kinds have no unknown or misspelt fields', async (t) => {
 // ---------------------------------------------------------------------------------------------------------
 
 const relaySet = objects.find((o) => o.kind === 'DaemonSet' && o.metadata.labels?.['app.kubernetes.io/component'] === 'relay');
-const workload = objects.find((o) => o.kind === 'Deployment');
+const workload = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'example-app');
 const imageComponent = yamlDocument(path.join(KUBERNETES_DIR, 'image', 'kustomization.yaml'));
 const IMAGE = `${imageComponent.images[0].newName}:${imageComponent.images[0].newTag}`;
 const ours = (c: any) => c.image === IMAGE;

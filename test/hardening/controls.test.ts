@@ -38,9 +38,15 @@ t.test('--rate-limit imds: 20 per second, then IMDS\'s 429 with Retry-After', as
   const stack = await startStack({ proxy: { rateLimit: 20 } });
   t.teardown(stack.close);
   await stack.get(armTokenPath());
+  const started = performance.now();
   const burst = await Promise.all(Array.from({ length: 40 }, () => stack.get(armTokenPath())));
+  const seconds = (performance.now() - started) / 1000;
   const limited = burst.filter((r) => r.status === 429);
-  t.ok(limited.length >= 19 && limited.length <= 21, `about half refused (${limited.length} of 40)`);
+  // A second's worth (20) at once, plus what refilled while the burst was arriving (on a busy machine, that
+  // takes a while): the exact rule is tested on a fake clock below.
+  const served = burst.length - limited.length;
+  t.ok(served >= 19 && served <= 21 + Math.ceil(20 * seconds), `${served} of 40 served in ${seconds.toFixed(2)} s, the rest refused`);
+  t.ok(limited.length > 0, 'some refused');
   t.same(limited[0]?.json, IMDS_429);
   t.equal(limited[0]?.headers['retry-after'], '1');
   t.equal((await stack.get(armTokenPath(), {})).status, 400, 'a probe is never throttled: it is answered at the gate');

@@ -13,7 +13,7 @@ import { ResourcePolicy } from '../../src/imds/policy.js';
 import { createLogger } from '../../src/observability/log.js';
 import { startProxy } from '../../src/server/proxy.js';
 import { readKeyFile } from '../../src/upstream/challenge.js';
-import { armTokenPath, get, scriptedUpstream, startStack, tokenPath, type Stack } from '../fixtures/stack.js';
+import { armTokenPath, get, raw, scriptedUpstream, startStack, tokenPath, type Stack } from '../fixtures/stack.js';
 
 const waitUntil = async (what: string, ok: () => boolean | Promise<boolean>, ms = 10_000) => {
   const deadline = Date.now() + ms;
@@ -154,7 +154,11 @@ t.test('a sidecar behind a relay restricted by --allow-resource becomes ready', 
   t.equal((await get(`http://127.0.0.1:${port}${armTokenPath()}`)).status, 403, 'others are refused by the relay');
 
   // A local readiness resource refused by the local policy can never succeed: a configuration error.
-  t.throws(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*'], {}), ConfigError);
+  t.throws(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--readiness-resource', 'https://management.azure.com/'], {}), ConfigError);
+  t.throws(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*'], { ARC_IMDS_READINESS_RESOURCE: 'https://x/' }), ConfigError, 'from the environment too');
+  // Not given: the first allowed resource, which the policy allows.
+  const derived = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--allow-resource', 'https://storage.azure.com/'], {}).config;
+  t.equal(derived.readinessResource, 'https://vault.azure.net', 'the readiness resource follows --allow-resource when not given');
   t.doesNotThrow(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--readiness-resource', 'https://vault.azure.net'], {}));
 });
 
@@ -208,4 +212,48 @@ t.test('a tokens directory behind a symlink works; a key file that is a symlink 
   const keyLink = path.join(linked, 'evil.key');
   await symlink('/etc/hostname', keyLink);
   await t.rejects(readKeyFile(keyLink, linked), { name: 'ChallengeError', reason: 'symlink' } as never, 'a key file that is itself a symlink is refused');
+});
+
+t.test('absolute-form requests (a client using the proxy as its HTTP proxy): IMDS answered, other hosts refused', async (t) => {
+  const stack = await startStack();
+  t.teardown(stack.close);
+  // Raw requests to 127.0.0.1 only: the absolute form names 169.254.169.254, but nothing connects there.
+  const imds = await raw(stack.port, `GET http://169.254.169.254${armTokenPath()} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n`);
+  t.match(imds, /^HTTP\/1\.1 200 /, 'the IMDS host in absolute form is answered like the origin form');
+  t.match(imds, /"access_token":/);
+  const before = stack.emulator.stats().tokenRequests;
+  for (const host of ['management.azure.com', 'example.com:80', '127.0.0.1:40342']) {
+    const other = await raw(stack.port, `GET http://${host}/metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: ${host}\r\nMetadata: true\r\nConnection: close\r\n\r\n`);
+    t.match(other, /^HTTP\/1\.1 403 /, `${host}: refused`);
+    t.match(other, /not a general HTTP proxy/);
+  }
+  t.equal(stack.emulator.stats().tokenRequests + stack.emulator.stats().metadataRequests, before + 0, 'nothing was forwarded');
+});
+
+t.test('the relay names the workload a sidecar says it serves', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-workload-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const himds = await startStack();
+  t.teardown(himds.close);
+  const socket = path.join(dir, 'relay.sock');
+  const lines: string[] = [];
+  const relay = await startProxy(
+    parseServe(['--listen', `unix:${socket}`, '--upstream', himds.emulator.url, '--tokens-dir', himds.tokensDir, '--admin-listen', 'off'], {}).config,
+    createLogger('info', { write: (l: string) => void lines.push(l) }),
+  );
+  t.teardown(() => relay.close());
+  const quiet = createLogger('silent');
+  const sidecars = await Promise.all(
+    [['--workload', 'shop/cart-7d9f'], []].map((extra) =>
+      startProxy(parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--admin-listen', 'off', ...extra], {}).config, quiet),
+    ),
+  );
+  t.teardown(() => Promise.all(sidecars.map((s) => s.close())));
+  for (const s of sidecars) {
+    const port = s.addresses[0]!.kind === 'tcp' ? s.addresses[0]!.port : 0;
+    t.equal((await get(`http://127.0.0.1:${port}${armTokenPath()}`)).status, 200);
+  }
+  const audit = lines.map((l) => JSON.parse(l)).filter((l) => l.audit === 'first');
+  t.same(audit.map((l) => l.client).sort(), ['unix', 'unix:shop/cart-7d9f'], 'one audit line per workload; the one without --workload is plain unix');
+  t.throws(() => parseServe(['--workload', 'not a name'], {}), ConfigError, 'a malformed --workload is a configuration error');
 });

@@ -114,6 +114,11 @@ const CASES: [name: string, url: string, headers: Record<string, string> | undef
   ['resource not allowed', `${TOKEN}?api-version=2018-02-01&resource=https://storage.azure.com/`, undefined, 'GET', 403, 'invalid_request'],
   ['prefix across a host boundary', `${TOKEN}?api-version=2018-02-01&resource=https://vault.azure.net.evil.example`, undefined, 'GET', 403, 'invalid_request'],
   ['a token', ARM, undefined, 'GET', 200, ''],
+  ['absolute form for IMDS (an HTTP-proxy client)', `http://169.254.169.254${ARM}`, undefined, 'GET', 200, ''],
+  ['absolute form, explicit port 80', `HTTP://169.254.169.254:80${ARM}`, undefined, 'GET', 200, ''],
+  ['absolute form, another host', `http://management.azure.com${ARM}`, undefined, 'GET', 403, 'invalid_request'],
+  ['absolute form, userinfo trick', `http://169.254.169.254@evil.example${ARM}`, undefined, 'GET', 403, 'invalid_request'],
+  ['absolute form, another port', `http://169.254.169.254:8080${ARM}`, undefined, 'GET', 403, 'invalid_request'],
   ['trailing slash (msal-node)', `${TOKEN}/?api-version=2018-02-01&resource=https://vault.azure.net`, undefined, 'GET', 200, ''],
   ['/MetaData casing', `/MetaData/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net`, undefined, 'GET', 200, ''],
 ];
