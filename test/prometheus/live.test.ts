@@ -6,7 +6,7 @@
 //   client -> sidecar (127.0.0.1:IMDS) -> unix:relay.sock -> relay -> "HIMDS" (127.0.0.1:H: the emulator, nothing,
 //   or a hostile server in this process)            Prometheus -> sidecar and relay admin listeners (/metrics)
 //
-// How the scrape config mirrors the PodMonitors: tools.ts generates, from the shipped PodMonitor objects, the jobs
+// How the scrape config mirrors the PodMonitors: fixtures/tools.ts generates, from the shipped PodMonitor objects, the jobs
 // the Prometheus Operator generates (selector keep, port-name keep, namespace/container/pod/job/endpoint, then
 // the monitors' own relabelings, which set arc_imds_component). Discovery is file_sd instead of the Kubernetes
 // API: one target group per container port of the relay DaemonSet's and the example Deployment's pods, with the
@@ -25,11 +25,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { parse, stringify } from 'yaml';
 import { ROOT } from '../fixtures/deploy.js';
-import { fetchText, freePort, start, until, type Child } from './processes.js';
+import { fetchText, freePort, start, until, type Child } from './fixtures/processes.js';
 import {
   DASHBOARD_FILE, deploymentObjects, monitoringObjects, podDiscovery, podMonitorJobs, prometheusTools, ruleFile, shippedRuleGroups,
   type PodTarget,
-} from './tools.js';
+} from './fixtures/tools.js';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const ARM = 'https://management.azure.com/';

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { parse } from 'yaml';
-import { DASHBOARD_FILE, prometheusTools, ruleFile, shippedRuleGroups, type RuleGroup } from './tools.js';
+import { DASHBOARD_FILE, prometheusTools, ruleFile, shippedRuleGroups, type RuleGroup } from './fixtures/tools.js';
 
 const UNIT_TESTS = new URL('alerts.promtool.yaml', import.meta.url);
 const run = promisify(execFile);
