@@ -1,3 +1,4 @@
+// @ts-check
 // Usage: node .ci/count.mjs TAP_EXIT_STATUS FILE.tap...
 // Prints "N passed, N failed[, N skipped]" over every assertion in tap's per-file results. Subtests are walked
 // recursively; a subtest's own closing point counts only when it was skipped, or failed without any failing
@@ -35,10 +36,10 @@ function walk(parser) {
 }
 
 for (const file of files) {
-  await new Promise((resolve) => {
+  await new Promise((/** @type {(v?: unknown) => void} */ resolve) => {
     const parser = new Parser();
     const scope = walk(parser);
-    parser.on('complete', (final) => {
+    parser.on('complete', (/** @type {any} */ final) => {
       if (!final.ok && scope.failures === 0) total.failed++; // bailed out, or the file's own plan failed
       resolve();
     });

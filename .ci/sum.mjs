@@ -1,3 +1,4 @@
+// @ts-check
 // Usage: node .ci/sum.mjs "N passed, N failed[, N skipped]"...
 // Prints one such line with the counts summed. A line that is not in that form counts as one failure.
 let passed = 0;

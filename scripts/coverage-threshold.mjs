@@ -1,3 +1,4 @@
+// @ts-check
 // tap 21 enforces either 100% coverage or nothing. We hold an explicit, honest floor instead: the numbers in
 // package.json "coverageThreshold", checked against tap's json-summary after every `npm test`.
 import { readFileSync } from 'node:fs';

@@ -1,3 +1,4 @@
+// @ts-check
 // npm run soak: mixed traffic through the built proxy against the emulator while upstream faults come and go.
 // Both run as child processes (so the proxy's RSS is its own); everything stays on 127.0.0.1 and stops by
 // itself after SOAK_SECONDS (default 600). Reports error counts, RSS over time and upstream fetch counts, and
@@ -55,6 +56,13 @@ function start(args) {
   });
 }
 
+/**
+ * @param {number} port
+ * @param {string} pathAndQuery
+ * @param {Record<string, string>} [headers]
+ * @param {string} [method]
+ * @param {string} [body]
+ */
 function request(port, pathAndQuery, headers = { Metadata: 'true' }, method = 'GET', body) {
   return new Promise((resolve) => {
     const req = http.request({ host: '127.0.0.1', port, path: pathAndQuery, method, headers, agent, timeout: 20_000 }, (res) => {
@@ -114,7 +122,7 @@ async function worker(until) {
       else unexpected('metadata', reply);
       continue;
     }
-    const resource = roll < 0.27 ? `https://cold-${cold++ % 500}.example` : HOT[Math.floor(Math.random() * HOT.length)];
+    const resource = roll < 0.27 ? `https://cold-${cold++ % 500}.example` : /** @type {string} */ (HOT[Math.floor(Math.random() * HOT.length)]);
     const extra = roll > 0.995 ? '&bypass_cache=true' : '';
     const reply = await request(port, `/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(resource)}${extra}`);
     let body;

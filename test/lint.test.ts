@@ -1,4 +1,5 @@
-// The checks the project runs on itself, with the real tools: Biome (lint; config in biome.json), the layer rules
+// The checks the project runs on itself, with the real tools: Biome (lint; config in biome.json), tsc on the
+// .mjs files (tsconfig.checkjs.json), the layer rules
 // and the no-cycle rule (dependency-cruiser; .dependency-cruiser.cjs), and ShellCheck on every shell script
 // (Debian's package, fetched into a private directory by scripts/debian-packages when it is not installed).
 import { execFile } from 'node:child_process';
@@ -45,6 +46,17 @@ t.test('dependency-cruiser: layers point one way, no cycles', async (t) => {
   t.not(bad.code, 0, 'a violating tree fails');
   t.match(bad.out, /no-cycles/, 'the cycle is named');
   t.match(bad.out, /cache-and-upstream-know-no-imds/, 'the layer rule is named');
+});
+
+t.test('tsc: the .mjs files (scripts, fixtures, CI) are type-checked too', async (t) => {
+  const r = await runTool(bin('tsc'), ['-p', 'tsconfig.checkjs.json']);
+  t.equal(r.code, 0, r.code === 0 ? 'no type errors' : r.out.slice(0, 4000));
+  // Every .mjs file opts in with // @ts-check (checkJs would also check the built dist/ they import).
+  const files = (await runTool('git', ['ls-files', '*.mjs'])).out.split('\n').filter((f) => f !== '' && !f.startsWith('bench/'));
+  for (const f of files) {
+    const head = (await runTool('head', ['-c', '200', f])).out;
+    t.match(head, /^(#!.*\n)?\/\/ @ts-check\b/, `${f}: // @ts-check`);
+  }
 });
 
 /** ShellCheck: on PATH, else from Debian's package in a private cache (fetched once). */

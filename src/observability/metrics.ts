@@ -182,16 +182,19 @@ export class Metrics {
         this.set(sources.cacheEntries());
       },
     });
-    new Gauge({
+    // Not a prom-client Gauge: one without labels always has a sample (its reset() puts a 0 back), and a 0 here
+    // reads as "a token expires now" to the dashboard and to ArcImdsTokenExpiringSoon. No sample when empty.
+    const earliest = {
       name: 'arc_imds_token_earliest_expiry_seconds',
       help: 'Seconds until the earliest cached token expires (absent when the cache is empty)',
-      registers: [this.registry],
-      collect() {
+      type: 'gauge',
+      aggregator: 'omit',
+      get() {
         const s = sources.earliestExpirySeconds();
-        this.reset();
-        if (s !== undefined) this.set(s);
+        return { ...earliest, values: s === undefined ? [] : [{ labels: {}, value: s }] };
       },
-    });
+    };
+    this.registry.registerMetric(earliest as never);
     new Gauge({
       name: 'arc_imds_upstream_fetches_in_flight',
       help: 'Upstream token fetches in flight',
