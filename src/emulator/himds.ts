@@ -1,4 +1,4 @@
-// A HIMDS emulator, faithful to what real Arc agents do on the wire (PROTOCOL.md §1): the 401 key-file
+// A HIMDS emulator, faithful to what real Arc agents do on the wire (docs/protocol.md#1-himds-the-upstream): the 401 key-file
 // challenge with single-use, short-lived GUID-named key files, compact all-string token JSON with an empty
 // `resource`, user-assigned echo as new agents do (or not, as legacy agents do), and the instance endpoints.
 // It backs the tests, `demo`, and anyone developing against Arc managed identity on a laptop.
@@ -64,7 +64,7 @@ export interface EmulatorStats {
   keysOutstanding: number;
 }
 
-/** HIMDS accepts these on the token and instance endpoints (PROTOCOL.md §1). */
+/** HIMDS accepts these on the token and instance endpoints (docs/protocol.md#1-himds-the-upstream). */
 export const HIMDS_API_VERSIONS = ['2019-08-15', '2019-11-01', '2020-06-01'];
 const TENANT_ID = '72f988bf-86f1-41af-91ab-2d7cd011db47';
 const SELECTORS = ['client_id', 'object_id', 'msi_res_id'] as const;

@@ -1,4 +1,4 @@
-// The HIMDS emulator must be faithful to what a real Arc agent does on the wire (PROTOCOL.md §1): every other
+// The HIMDS emulator must be faithful to what a real Arc agent does on the wire (docs/protocol.md#1-himds-the-upstream): every other
 // test and the demo lean on it, so a drift here would hide bugs in the proxy.
 import t, { type Test } from 'tap';
 import { existsSync } from 'node:fs';
