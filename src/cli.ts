@@ -1,5 +1,7 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2 --min-semi-space-size=2
 // arc-imds-proxy <command>: parse, wire, run until a signal. Everything else lives in the modules it calls.
+// First: process-wide V8 settings (and a re-exec with the heap options when they are missing).
+import './node-flags.js';
 import {
   ConfigError, DEMO_OPTIONS, EMULATOR_OPTIONS, NETNS_SETUP_OPTIONS, PROBE_OPTIONS, SERVE_OPTIONS, helpText, parseDemo,
   parseEmulator, parseNetnsSetup, parseProbe, parseServe,
