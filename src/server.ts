@@ -9,7 +9,8 @@
 //   4. metadata passthrough: the allowlisted path is streamed from the upstream;
 //   5. any failure is an ImdsError from the one table in imds/errors.ts, answered by failed(); anything
 //      else thrown is a 500 and a log line.
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type http from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { IMDS_ADDRESS, type ListenAddress, type ServeConfig } from './config.js';
 import { ImdsError, renderError, renderImdsError, type RenderedError } from './imds/errors.js';
@@ -26,6 +27,11 @@ import { TokenResponses, type TokenRequest } from './tokens/token.js';
 import { unlink } from 'node:fs/promises';
 import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
 import type { UpstreamClient } from './upstream/client.js';
+
+// node:http through process.getBuiltinModule, not `import http from 'node:http'`: on Node 24 that import
+// builds an ES module namespace of http's exports, which runs its lazy WebSocket/CloseEvent/MessageEvent
+// getters and so loads Node's bundled undici, TLS, HTTP/2 and web streams: 14 MB RSS (docs/performance.md).
+const { createServer, STATUS_CODES } = process.getBuiltinModule('node:http');
 
 export interface ProxyDeps {
   readonly config: Pick<ServeConfig, 'himdsApiVersion' | 'requestTimeoutMs'>;
@@ -170,7 +176,7 @@ function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'headers_too_slow' : 'malformed_http',
   );
   socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${JSON_TYPE}\r\n` +
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: ${JSON_TYPE}\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }
@@ -275,7 +281,7 @@ export interface ServerLimits {
 }
 
 export function createImdsServer(handler: http.RequestListener, limits: ServerLimits): http.Server {
-  const server = http.createServer(
+  const server = createServer(
     {
       // Slow senders cannot hold a connection open: the headers within --headers-timeout, the whole request
       // within 30 s (our own answer comes within --request-timeout). Node checks these deadlines every

@@ -1,6 +1,6 @@
 // The admin listener: /metrics, /healthz, /readyz. Never on an IMDS listener: what it shows is for operators,
 // and an IMDS client has no business probing it.
-import http from 'node:http';
+import type http from 'node:http';
 import type { Readiness } from './health.js';
 import type { Metrics } from './metrics.js';
 
