@@ -1,6 +1,8 @@
 // Process-wide V8 settings, in force however the program is started: the image's ENTRYPOINT, `npm start`, the
 // `arc-imds-proxy` bin (its shebang carries them) or a plain `node dist/cli.js`. cli.ts imports this module
 // first, so it runs before anything else is evaluated. docs/performance.md has the measurements.
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 
 /**
@@ -32,13 +34,24 @@ export function missingHeapOptions(execArgv: readonly string[], nodeOptions: str
   });
 }
 
+/** Whether this process runs cli.ts (dist/cli.js, or the bin's link to it), not a test that imports this module. */
+function isTheEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(new URL('./cli.js', import.meta.url)));
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Started without the heap options for a long-running command: replace this process with node started with
  * them (same PID, so signals and a container's PID 1 are unaffected; about 40 ms). process.execve exists from
  * Node 22.15 / 23.11 on (the image runs Node 24); on an older Node the process runs on without them.
  */
 function reexecWithHeapOptions(): void {
-  if (!LONG_RUNNING.has(commandOf(process.argv.slice(2)))) return;
+  if (!isTheEntryPoint() || !LONG_RUNNING.has(commandOf(process.argv.slice(2)))) return;
   const missing = missingHeapOptions(process.execArgv, process.env.NODE_OPTIONS);
   const execve = (process as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (missing.length === 0 || typeof execve !== 'function') return;
