@@ -28,24 +28,46 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
 
-# ---- 2. deps: production dependencies only ------------------------------------------------------------------
+# No source maps in the image: nothing runs with --enable-source-maps, and dist/ is readable JavaScript.
+RUN find dist -name '*.map' -delete
+
+# ---- 2. deps: production dependencies only, without what never runs ------------------------------------------
+# Pruned: type declarations, source maps, docs, tests, examples and benchmarks that packages publish, each
+# package's test/docs/... folders at its root only (never deeper, where a folder of that name may be code).
+# Licence files stay. 13.3 MB -> 3.9 MB of node_modules (docs/performance.md, "Image").
 FROM node:${NODE_VERSION}-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force \
+    && cd node_modules \
+    && for pkg in */ @*/*/; do \
+         case "$pkg" in @*/) continue ;; esac; \
+         for dir in test tests __tests__ benchmark benchmarks bench docs doc example examples .github; do rm -rf "$pkg$dir"; done; \
+       done \
+    && find . -type f \( -name '*.d.ts' -o -name '*.d.cts' -o -name '*.d.mts' -o -name '*.ts' -o -name '*.map' \
+         -o -name '*.md' -o -name '*.markdown' -o -name Makefile -o -name 'tsconfig*.json' -o -name '.eslintrc*' \
+         -o -name '.npmignore' -o -name '.editorconfig' -o -name '.prettierrc*' -o -name '.taprc' \) -delete \
+    && rm -f .package-lock.json \
+    && find . -type d -empty -delete
 
 # ---- 3. runtime ------------------------------------------------------------------------------------------------
 FROM node:${NODE_VERSION}-slim AS runtime
 
-# iproute2 for `netns-setup`; nothing else. Then the two mount points, owned by the runtime user, so that a
+# The runtime carries only what runs: the base's npm, npx, corepack (and yarn, where a base has it) go. (Their
+# files stay in the base's layer, shared with every other image on that base; what this Dockerfile adds is
+# measured in docs/performance.md.)
+# iproute2 for `netns-setup`; nothing else; apt's and dpkg's logs and backups go with the lists. Then the two mount points, owned by the runtime user, so that a
 # fresh named volume (which Docker seeds from the image, ownership included) starts writable by it:
 #   /run/arc-imds               the relay's socket directory, shared with the sidecars (mode 0755: anyone may
 #                               traverse it; the socket's own mode and group decide who may connect)
 #   /var/opt/azcmagent/tokens   HIMDS key files: bound read-only from the host in production; written by the
 #                               emulator in development
-RUN apt-get update \
+RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /usr/local/bin/npm /usr/local/bin/npx \
+       /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg /opt/yarn-* /usr/local/include/node \
+       /usr/local/share/doc/node /usr/local/share/man/man1/node.1 \
+    && apt-get update \
     && apt-get install -y --no-install-recommends iproute2 \
-    && rm -rf /var/lib/apt/lists/* \
+    && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old /var/lib/dpkg/*-old \
     && mkdir -p /run/arc-imds /var/opt/azcmagent/tokens \
     && chown 65532:65532 /run/arc-imds /var/opt/azcmagent/tokens \
     && chmod 0755 /run/arc-imds \
@@ -73,9 +95,10 @@ USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["node", "/app/dist/cli.js", "probe"]
 
-# A fixed 2 MB young generation (V8 semi-space). By default it grows to 16 MB under a burst of connections and
-# stays there: 86 instead of 74 MB with 1,000 connections open. Fixed rather than only capped: a capped one
-# that V8 shrinks and regrows made cached-hit throughput flip between two levels ~20% apart from one run to
-# the next. README "Memory" has the measurements; npm start and npm run bench use these same options.
+# A fixed 2 MB young generation (V8 semi-space): src/node-flags.ts's HEAP_OPTIONS (tests check they agree). By
+# default it grows under a burst of connections (Node 24: to 64 MB semi-spaces) and stays there. Fixed rather
+# than only capped: a capped one that V8 shrinks and regrows made cached-hit throughput flip between two levels
+# ~20% apart from one run to the next. On the command line here, node starts with them and the entry point
+# has nothing to re-exec (the HEALTHCHECK's `probe` never needs them). docs/performance.md has the measurements.
 ENTRYPOINT ["node", "--max-semi-space-size=2", "--min-semi-space-size=2", "/app/dist/cli.js"]
 CMD ["serve"]

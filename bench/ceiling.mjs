@@ -2,7 +2,9 @@
 // (the body the proxy sent, read from BENCH_BODY_FILE) and the same headers the proxy sends (Content-Type,
 // Content-Length; Node adds Date and the keep-alive headers to both). Nothing else: what node:http itself costs.
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
+// node:http as a script would get it: not `import http from 'node:http'`, which on Node 24 also loads Node's
+// bundled undici, TLS and HTTP/2 (its lazy WebSocket getters run when ES modules import it; src/server.ts).
+const http = process.getBuiltinModule('node:http');
 
 const body = readFileSync(process.env.BENCH_BODY_FILE, 'utf8');
 const server = http.createServer((_req, res) => {

@@ -36,6 +36,12 @@ export const tokenPath = (resource, apiVersion = '2018-02-01') =>
 /** Every child still running; killed (by PID) on the way out whatever happens. */
 const children = new Set();
 
+/** The node binary servers under test are started with (bench/runtimes.mjs; the runner's own by default). */
+let serverNode = process.execPath;
+export function useNode(node) {
+  serverNode = node;
+}
+
 /** The environment without anything that would configure the proxy, or instrument it, behind our back. */
 export function childEnv(extra = {}) {
   const env = {};
@@ -54,7 +60,7 @@ export function childEnv(extra = {}) {
  */
 export function spawnNode(name, args, { env = {}, nodeArgs = [] } = {}) {
   const started = performance.now();
-  const child = spawn(process.execPath, [...nodeArgs, ...args], { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(serverNode, [...nodeArgs, ...args], { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const lines = [];
   const waiters = new Set();

@@ -16,7 +16,7 @@ const CLI = path.join(ROOT, 'dist', 'cli.js');
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first (npm test does it as pretest)`);
 
 const SCENARIOS = ['ceiling', 'coldMiss', 'hit', 'memory', 'probe', 'startup', 'storm', 'twoHops'];
-const TARGETS = ['cold_miss_overhead', 'hit_p99_10', 'hit_throughput_ratio', 'probe_p99_hung', 'ready', 'rss_connections', 'rss_growth', 'storm_fetches'];
+const TARGETS = ['cold_miss_overhead', 'hit_p99_10', 'hit_throughput_ratio', 'probe_p99_hung', 'ready', 'rss_connections', 'rss_connections_80', 'rss_growth', 'rss_idle', 'storm_fetches'];
 
 function runBench(out: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const env: NodeJS.ProcessEnv = {};
@@ -66,7 +66,12 @@ t.test('npm run bench at smoke scale: every scenario measured, the table printed
   t.equal(result.scenarios.twoHops.sidecarMissRelayHit.upstreamFetches, 0, 'a sidecar miss that the relay has cached costs HIMDS nothing');
   t.ok(result.scenarios.memory.withConnectionsMB > 0 && result.scenarios.memory.leak.atEndMB > 0 && result.scenarios.memory.ceiling.withConnectionsMB > 0, 'RSS read from /proc');
   t.ok(result.machine.nproc > 0 && typeof result.machine.cpu === 'string', 'the machine is recorded');
+  t.equal(result.runtimes.length, 1, 'at smoke scale: the runner\'s own node only (no download in tests)');
+  t.equal(result.runtimes[0].node, process.version, '...which is this node');
+  t.same(result.runtimes[0].targets, result.targets, 'the top-level figures are the first runtime\'s');
+  const deployed = result.scenarios.memory.deployed;
+  t.ok(deployed.sidecar.idleMB > 0 && deployed.bare.idleMB > 0 && deployed.sidecar.relayIdleMB > 0, 'the sidecar as deployed, the relay and the bare server: RSS read from /proc');
 
-  t.match(stdout, /\| scenario \| figure \| measured \| target \| result \|/, 'the table is printed');
+  t.match(stdout, /\| scenario \| figure \| Node \d+ \(v[\d.]+\) \| target \| result \(Node \d+\) \|/, 'the table is printed, a column per runtime');
   for (const row of result.table) t.ok(stdout.includes(`| ${row.scenario} | ${row.figure} |`), `printed: ${row.scenario}: ${row.figure}`);
 });

@@ -52,7 +52,7 @@ export const WEBHOOK_OPTIONS: readonly OptionSpec[] = [
     help: 'where the sidecar listens (127.0.0.1:PORT) in pods annotated arc-imds-proxy/net-admin: "false"' },
   { flag: 'sidecar-cpu-request', key: 'sidecarCpuRequest', value: 'QUANTITY', default: '10m', parse: quantity,
     help: "the sidecar's CPU request (a pod may set arc-imds-proxy/sidecar-cpu-request)" },
-  { flag: 'sidecar-memory-request', key: 'sidecarMemoryRequest', value: 'QUANTITY', default: '48Mi', parse: quantity,
+  { flag: 'sidecar-memory-request', key: 'sidecarMemoryRequest', value: 'QUANTITY', default: '80Mi', parse: quantity,
     help: "the sidecar's memory request (a pod may set arc-imds-proxy/sidecar-memory-request)" },
   { flag: 'sidecar-memory-limit', key: 'sidecarMemoryLimit', value: 'QUANTITY', default: '192Mi', parse: quantity,
     help: "the sidecar's memory limit (a pod may set arc-imds-proxy/sidecar-memory-limit)" },

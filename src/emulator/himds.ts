@@ -8,13 +8,19 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type http from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TcpAddress } from '../values/addresses.js';
 
 export type UserAssignedMode = 'echo' | 'ignore' | 'not-found';
 export const USER_ASSIGNED_MODES: readonly UserAssignedMode[] = ['echo', 'ignore', 'not-found'];
+
+// node:http through process.getBuiltinModule, not `import http from 'node:http'`: on Node 24 that import
+// builds an ES module namespace of http's exports, which runs its lazy WebSocket/CloseEvent/MessageEvent
+// getters and so loads Node's bundled undici, TLS, HTTP/2 and web streams: 14 MB RSS (see src/server.ts).
+const { createServer } = process.getBuiltinModule('node:http');
 
 export interface EmulatorOptions {
   readonly tokensDir: string;
@@ -145,7 +151,7 @@ export class HimdsEmulator {
       failStatus: options.failStatus,
       userAssigned: options.userAssigned,
     };
-    this.#server = http.createServer((req, res) => {
+    this.#server = createServer((req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         if (!res.headersSent) send(res, 500, { error: 'internal_error', error_description: String(err) });
         else res.destroy();

@@ -33,7 +33,7 @@ interface ErrorEntry {
   readonly upstreamStatus?: boolean;
 }
 
-/** The api-versions real IMDS lists as newest in its api-version error (docs/protocol.md). */
+/** The api-versions real IMDS lists as newest in its api-version error (docs/protocol.md#2-azure-vm-imds-the-downstream-contract). */
 export const NEWEST_API_VERSIONS = ['2025-04-07', '2024-07-17', '2024-03-15'] as const;
 
 const API_VERSION_MESSAGE =

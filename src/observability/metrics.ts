@@ -2,7 +2,45 @@
 // unit in the name; Node's default process metrics are registered unprefixed. Labels are bounded sets: routes,
 // status codes, cache results, upstream legs and outcomes, challenge failure reasons. No resource or client
 // ever becomes a label.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type * as PromClient from 'prom-client';
+
+// prom-client's parts, not its index: the index also loads the Pushgateway (https, zlib: TLS and OpenSSL, about
+// 5 MB RSS on Node 24), and collectDefaultMetrics the CPU metric's @opentelemetry/api (about 9 MB), in every
+// sidecar. The default metrics are registered one by one below, the CPU one from process.cpuUsage().
+const load = createRequire(import.meta.url);
+const Registry = load('prom-client/lib/registry') as typeof PromClient.Registry;
+type Registry = PromClient.Registry;
+const Counter = load('prom-client/lib/counter') as typeof PromClient.Counter;
+const Gauge = load('prom-client/lib/gauge') as typeof PromClient.Gauge;
+const Histogram = load('prom-client/lib/histogram') as typeof PromClient.Histogram;
+type DefaultMetric = (registry: Registry, config: Record<string, unknown>) => void;
+/** prom-client's default metrics (lib/defaultMetrics.js) but processCpuTotal: same names, same order. */
+const DEFAULT_METRICS = ['processStartTime', 'osMemoryHeap', 'processOpenFileDescriptors', 'processMaxFileDescriptors', 'eventLoopLag', 'processResources', 'processHandles', 'processRequests', 'heapSizeAndUsed', 'heapSpacesSizeAndUsed', 'version', 'gc'];
+
+/** process_cpu_{user,system}_seconds_total and process_cpu_seconds_total, as prom-client names them. */
+function registerCpuMetrics(registry: Registry): void {
+  const counter = (name: string, help: string, seconds: (usage: NodeJS.CpuUsage) => number) =>
+    registry.registerMetric({
+      name,
+      help,
+      type: 'counter',
+      aggregator: 'sum',
+      get: () => ({ name, help, type: 'counter', aggregator: 'sum', values: [{ labels: {}, value: seconds(process.cpuUsage()) }] }),
+    } as never);
+  counter('process_cpu_user_seconds_total', 'Total user CPU time spent in seconds.', (u) => u.user / 1e6);
+  counter('process_cpu_system_seconds_total', 'Total system CPU time spent in seconds.', (u) => u.system / 1e6);
+  counter('process_cpu_seconds_total', 'Total user and system CPU time spent in seconds.', (u) => (u.user + u.system) / 1e6);
+}
+
+function collectDefaultMetrics(registry: Registry): void {
+  registerCpuMetrics(registry);
+  const config = { eventLoopMonitoringPrecision: 10 };
+  for (const name of DEFAULT_METRICS) {
+    if (name === 'processResources' && typeof process.getActiveResourcesInfo !== 'function') continue;
+    (load(`prom-client/lib/metrics/${name}`) as DefaultMetric)(registry, config);
+  }
+}
 
 /** Seconds. Sub-millisecond buckets: a cache hit is answered in tens of microseconds. */
 const REQUEST_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15];
@@ -167,7 +205,7 @@ export class Metrics {
   });
 
   constructor(version: string, sources: MetricsSources) {
-    collectDefaultMetrics({ register: this.registry });
+    collectDefaultMetrics(this.registry);
     new Gauge({
       name: 'arc_imds_build_info',
       help: 'Build information; always 1',

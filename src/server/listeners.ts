@@ -1,12 +1,17 @@
 // The IMDS listeners: node:http servers (one per --listen address), each with its own request pipeline
 // (pipeline.ts), and the unix socket files they own. Malformed HTTP, which never becomes a request, is answered
 // here in the IMDS shape.
-import http from 'node:http';
+import type http from 'node:http';
 import { unlink } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { renderError } from '../imds/errors.js';
 import { describeAddress, IMDS_ADDRESS, type ListenAddress } from '../values/addresses.js';
 import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
+
+// node:http through process.getBuiltinModule, not `import http from 'node:http'`: on Node 24 that import
+// builds an ES module namespace of http's exports, which runs its lazy WebSocket/CloseEvent/MessageEvent
+// getters and so loads Node's bundled undici, TLS, HTTP/2 and web streams: 14 MB RSS (docs/performance.md).
+const { createServer, STATUS_CODES } = process.getBuiltinModule('node:http');
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 /** Malformed HTTP never reaches the handler; answer it in the IMDS shape too, then close. */
@@ -19,7 +24,7 @@ function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'headers_too_slow' : 'malformed_http',
   );
   socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${JSON_TYPE}\r\n` +
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: ${JSON_TYPE}\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }
@@ -127,7 +132,7 @@ export interface ServerLimits {
 }
 
 export function createImdsServer(handler: http.RequestListener, limits: ServerLimits): http.Server {
-  const server = http.createServer(
+  const server = createServer(
     {
       // Slow senders cannot hold a connection open: the headers within --headers-timeout, the whole request
       // within 30 s (our own answer comes within --request-timeout). Node checks these deadlines every

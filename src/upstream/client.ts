@@ -1,19 +1,22 @@
 // The one way anything reaches the upstream (HIMDS, or a relay): an undici Pool with per-attempt deadlines
 // (AbortSignal.timeout: undici's own timeouts are too coarse), bounded body reads, and failures classified into
-// typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Bodies are always consumed or dumped so pooled connections are reused, never leaked.
-import { setFlagsFromString } from 'node:v8';
-import { Pool, errors as undiciErrors } from 'undici';
+// typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Bodies are
+// always consumed or dumped so pooled connections are reused, never leaked.
+import { createRequire } from 'node:module';
+import type * as Undici from 'undici';
 import type { Dispatcher } from 'undici';
 import type { Metrics, UpstreamLeg, UpstreamOutcome } from '../observability/metrics.js';
 import type { UpstreamAddress } from '../values/addresses.js';
 import { UpstreamFailure } from '../values/failures.js';
 
-// undici parses responses with llhttp compiled to WebAssembly. V8 first runs it as baseline (Liftoff) code and
-// later recompiles it optimised on a background thread, whose malloc arena then keeps about 10 MB resident for
-// the life of the process (measured: RSS 65 -> 75 MB, at a moment that depends on load). Upstream answers are
-// rare (a token per resource every few hours) and small, so baseline code is plenty. Set before the first
-// upstream connection compiles the parser; it concerns WebAssembly only.
-setFlagsFromString('--liftoff-only');
+// undici's Pool, its request API and its errors, not its index: the index also loads fetch, WebSocket, caches
+// and mocks (about 6 MB RSS on Node 24), none of which an upstream call uses. The API methods go onto the
+// Dispatcher prototype exactly as undici's index puts them there.
+const load = createRequire(import.meta.url);
+const Pool = load('undici/lib/dispatcher/pool') as typeof Undici.Pool;
+type Pool = Undici.Pool;
+Object.assign((load('undici/lib/dispatcher/dispatcher') as typeof Undici.Dispatcher).prototype, load('undici/lib/api'));
+const undiciErrors = load('undici/lib/core/errors') as typeof Undici.errors;
 
 /** Token and error bodies are small; anything bigger is not HIMDS talking. */
 export const MAX_UPSTREAM_BODY = 64 * 1024;

@@ -10,7 +10,7 @@ export type ListenAddress = TcpAddress | UnixAddress;
 /** Where the upstream (HIMDS, or a relay) is reached. `origin` is what undici dials (or names, over a socket). */
 export type UpstreamAddress = (TcpAddress | UnixAddress) & { readonly origin: string };
 
-/** The address Azure VM IMDS answers on, and that Arc onboarding probes (docs/protocol.md). */
+/** The address Azure VM IMDS answers on, and that Arc onboarding probes (docs/protocol.md#1-himds-the-upstream). */
 export const IMDS_ADDRESS = '169.254.169.254';
 
 export const DEFAULT_TOKENS_DIR = '/var/opt/azcmagent/tokens';

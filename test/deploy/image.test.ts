@@ -22,6 +22,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { PROBE_OPTIONS } from '../../src/commands/probe.js';
 import { SERVE_OPTIONS } from '../../src/commands/serve.js';
+import { HEAP_OPTIONS } from '../../src/node-flags.js';
 import {
   COMPOSE_DIR, IMAGE_CLI, ROOT, cliArgs, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
   flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
@@ -56,7 +57,11 @@ t.test('Dockerfile: multi-stage build, production dependencies only, Node 24 run
   t.ok(copies.some((c) => c.startsWith(`--from=${build?.name} `) && / \.\/dist$/.test(c)), 'runtime: dist/ from the build stage');
   t.ok(copies.some((c) => /^package\.json \.\/?$/.test(c)), 'runtime: package.json (dist/version.js reads ../package.json)');
   t.equal(lastOf(runtime, 'WORKDIR')?.args, '/app', 'runtime WORKDIR /app, where ENTRYPOINT finds dist/cli.js');
-  t.notOk(runs(runtime).some((r) => /\bnpm\b/.test(r)), 'the runtime stage never runs npm');
+  t.notOk(runs(runtime).some((r) => /(^|&&|;)\s*(npm|npx|corepack)\s/.test(r)), 'the runtime stage never runs npm');
+  const removal = runs(runtime).find((r) => /rm -rf \/usr\/local\/lib\/node_modules\/npm/.test(r)) ?? '';
+  for (const gone of ['/usr/local/lib/node_modules/npm', '/usr/local/lib/node_modules/corepack', '/usr/local/bin/npm', '/usr/local/bin/npx', '/usr/local/bin/corepack']) {
+    t.ok(removal.split(/\s+/).includes(gone), `the runtime carries only what runs: ${gone} removed`);
+  }
   const apt = runs(runtime).find((r) => /apt-get install/.test(r)) ?? '';
   t.match(apt, /apt-get install -y --no-install-recommends iproute2/, 'iproute2 for netns-setup (ip)');
   t.match(apt, /rm -rf \/var\/lib\/apt\/lists/, 'apt lists removed in the same layer');
@@ -72,7 +77,8 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   t.equal(ENTRYPOINT[0], 'node', 'ENTRYPOINT runs node itself (exec form: node is PID 1 and gets SIGTERM)');
   t.equal(ENTRYPOINT.at(-1), IMAGE_CLI, `...on ${IMAGE_CLI}`);
   const nodeOptions = ENTRYPOINT.slice(1, -1);
-  t.same(nodeOptions, ['--max-semi-space-size=2', '--min-semi-space-size=2'], 'with a fixed 2 MB young generation (README, "Memory")');
+  t.same(nodeOptions, [...HEAP_OPTIONS], 'with the entry point\'s heap options: a fixed 2 MB young generation (docs/performance.md)');
+  t.equal(read('src/cli.ts').split('\n')[0], `#!/usr/bin/env -S node ${HEAP_OPTIONS.join(' ')}`, 'the bin (dist/cli.js) starts node with the same options');
   const pkg = JSON.parse(read('package.json'));
   t.equal(pkg.scripts.start, `node ${nodeOptions.join(' ')} dist/cli.js serve`, 'npm start runs node as the image does');
   t.equal(IMAGE_ENV.NODE_ENV, 'production');
