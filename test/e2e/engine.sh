@@ -93,7 +93,7 @@ order() {
   local verdict rest
   while read -r verdict rest; do
     if [ "$verdict" = PASS ]; then pass "$1: $rest"; else fail "$1: $rest"; fi
-  done < <(node "$ROOT/test/e2e/order.mjs" "$FILE" "$E2E_WORK/events-$2.json" || echo "FAIL the engine's events could be read")
+  done < <(node "$ROOT/test/e2e/fixtures/order.mjs" "$FILE" "$E2E_WORK/events-$2.json" || echo "FAIL the engine's events could be read")
 }
 # No service's health is still "starting".
 settled() { ! dc ps -a --format '{{.Health}}' | grep -q starting; }
@@ -229,7 +229,7 @@ scenario() {
   local sdk
   sdk=$(docker run --rm --network "container:$(cid netns)" --user 65532:65532 --read-only --cap-drop ALL \
     --security-opt no-new-privileges:true -e HOME=/tmp --tmpfs /tmp \
-    -v "$ROOT/node_modules:/e2e/node_modules:ro" -v "$ROOT/test/e2e/sdk-clients.mjs:/e2e/sdk-clients.mjs:ro" \
+    -v "$ROOT/node_modules:/e2e/node_modules:ro" -v "$ROOT/test/e2e/fixtures/sdk-clients.mjs:/e2e/sdk-clients.mjs:ro" \
     "$NODE_IMAGE" node /e2e/sdk-clients.mjs 2>&1)
   echo "$sdk" | sed 's/^/    /'
   check "$kind: @azure/identity ManagedIdentityCredential gets a token" grep -qx 'azure-identity ok' <<<"$sdk"

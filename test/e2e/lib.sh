@@ -89,7 +89,7 @@ leftovers() {
     for pid in /proc/[0-9]*; do
       pid=${pid#/proc/}
       [ "$pid" = "$$" ] && continue
-      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" && echo "$pid"
+      { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$dir/" && echo "$pid"
     done
     cat /sys/fs/cgroup/*/"$cg"/*/cgroup.procs /sys/fs/cgroup/*/"$cg"/cgroup.procs 2>/dev/null
   } | sort -un

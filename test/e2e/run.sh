@@ -131,7 +131,7 @@ expect "nothing left mounted under $E2E_WORK" "" "$(findmnt -rn -o TARGET | grep
 expect "no cgroup left" "" "$(ls -d /sys/fs/cgroup/*/arc-imds-e2e-*-"${E2E_WORK##*.}" 2>/dev/null)"
 
 # ---- figures and the count -------------------------------------------------------------------------------------
-node "$E2E/figures.mjs" "$E2E_WORK/figures"
+node "$E2E/fixtures/figures.mjs" "$E2E_WORK/figures"
 echo "# e2e took $(($(date +%s) - started)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
 passed=$(grep -c '^PASS ' "$E2E_WORK/results")
 failed=$(grep -c '^FAIL ' "$E2E_WORK/results")
