@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # arc-imds-proxy: ONE image for every role, chosen by the command (CMD, or `command:`/`args:`):
 #   serve ...          the relay (host network namespace) or the sidecar (the application's network namespace)
 #   netns-setup        one-shot: lo up + 169.254.169.254/32 on it (the only role that needs NET_ADMIN)
