@@ -72,7 +72,7 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   t.equal(ENTRYPOINT[0], 'node', 'ENTRYPOINT runs node itself (exec form: node is PID 1 and gets SIGTERM)');
   t.equal(ENTRYPOINT.at(-1), IMAGE_CLI, `...on ${IMAGE_CLI}`);
   const nodeOptions = ENTRYPOINT.slice(1, -1);
-  t.same(nodeOptions, ['--max-semi-space-size=2', '--min-semi-space-size=2'], 'with a fixed 2 MB young generation (README, "Memory")');
+  t.same(nodeOptions, ['--max-semi-space-size=2', '--min-semi-space-size=2'], 'with a fixed 2 MB young generation (docs/performance.md, "Memory")');
   const pkg = JSON.parse(read('package.json'));
   t.equal(pkg.scripts.start, `node ${nodeOptions.join(' ')} dist/cli.js serve`, 'npm start runs node as the image does');
   t.equal(IMAGE_ENV.NODE_ENV, 'production');

@@ -342,7 +342,7 @@ t.test('PodMonitors (monitoring.coreos.com/v1): shape, and they scrape the admin
 });
 
 const metrics = await codeMetrics();
-const documented = documentedLabelValues(read('README.md'));
+const documented = documentedLabelValues(read('docs/operations.md'));
 const ours_ = [...metrics.keys()].filter((n) => n.startsWith('arc_imds_'));
 
 t.test('the PromQL checks can fail', async (t) => {
