@@ -15,8 +15,10 @@ const CLI = path.join(ROOT, 'dist', 'cli.js');
 
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first (npm test does it as pretest)`);
 
-const SCENARIOS = ['ceiling', 'coldMiss', 'hit', 'memory', 'probe', 'startup', 'storm', 'twoHops'];
-const TARGETS = ['cold_miss_overhead', 'hit_p99_10', 'hit_throughput_ratio', 'probe_p99_hung', 'ready', 'rss_connections', 'rss_connections_80', 'rss_growth', 'rss_idle', 'storm_fetches'];
+const SCENARIOS = ['abuse', 'ceiling', 'coldMiss', 'hit', 'memory', 'probe', 'startup', 'storm', 'twoHops'];
+const TARGETS = [
+  'abandoned_cached_served', 'abandoned_challenges', 'abandoned_in_flight', 'abandoned_recovery', 'abandoned_rss', 'cold_miss_overhead', 'hit_p99_10', 'hit_throughput_ratio', 'probe_p99_hung', 'ready', 'rss_connections', 'rss_connections_80', 'rss_growth', 'rss_idle', 'storm_fetches', 'log_flood',
+].sort();
 
 function runBench(out: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const env: NodeJS.ProcessEnv = {};
@@ -63,6 +65,9 @@ t.test('npm run bench at smoke scale: every scenario measured, the table printed
     t.ok(result.scenarios.hit[c].rps > 0 && result.scenarios.hit[c].ratio > 0, `cached hits measured at ${c} connections`);
   }
   t.equal(result.scenarios.storm.upstreamFetches, 1, 'the storm cost one upstream fetch (correctness, not speed)');
+  // Without dropping abandoned fetches all 100 would still be queued behind the hung emulator.
+  t.ok(result.scenarios.abuse.abandoned.inFlight <= 10, 'abandoned requests leave (almost) no fetch in flight (correctness, not speed)');
+  t.equal(result.scenarios.abuse.flood.stdoutBytes, 0, 'failing client requests write nothing at info');
   t.equal(result.scenarios.twoHops.sidecarMissRelayHit.upstreamFetches, 0, 'a sidecar miss that the relay has cached costs HIMDS nothing');
   t.ok(result.scenarios.memory.withConnectionsMB > 0 && result.scenarios.memory.leak.atEndMB > 0 && result.scenarios.memory.ceiling.withConnectionsMB > 0, 'RSS read from /proc');
   t.ok(result.machine.nproc > 0 && typeof result.machine.cpu === 'string', 'the machine is recorded');

@@ -8,6 +8,7 @@ set -uo pipefail
 {
 ROOT=$E2E_ROOT
 # shellcheck source=test/e2e/lib.sh
+# shellcheck source=lib.sh
 . "$ROOT/test/e2e/lib.sh"
 COMPOSE_DIR=$ROOT/deploy/compose
 IMAGE=arc-imds-proxy:e2e

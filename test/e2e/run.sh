@@ -36,6 +36,7 @@ unshare --net --mount --propagation private true 2>/dev/null || skip "cannot cre
 E2E_WORK=$(mktemp -d /tmp/arc-imds-e2e.XXXXXX)
 export E2E_WORK
 # shellcheck source=test/e2e/lib.sh
+# shellcheck source=lib.sh
 . "$E2E/lib.sh"
 : >"$E2E_WORK/results"
 
