@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// @ts-check
 // Renders docs/configuration.md from the option tables the commands parse with (dist/commands/*.js, so run
 // `npm run build` first; `npm run docs:config` does both). `--check` writes nothing and exits 1 when the
 // committed page differs from what the tables render (test/docs-config.test.ts runs it); `--page FILE` compares
@@ -57,7 +58,7 @@ export function render() {
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const text = render();
   const at = process.argv.indexOf('--page');
-  const target = at > 0 ? process.argv[at + 1] : page;
+  const target = (at > 0 ? process.argv[at + 1] : undefined) ?? page;
   if (process.argv.includes('--check')) {
     let committed = '';
     try {
