@@ -65,7 +65,8 @@ RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack 
        /usr/local/share/doc/node /usr/local/share/man/man1/node.1 \
     && apt-get update \
     && apt-get install -y --no-install-recommends iproute2 \
-    && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old /var/lib/dpkg/*-old \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log \
+       /var/cache/debconf/*-old /var/lib/dpkg/*-old \
     && mkdir -p /run/arc-imds /var/opt/azcmagent/tokens \
     && chown 65532:65532 /run/arc-imds /var/opt/azcmagent/tokens \
     && chmod 0755 /run/arc-imds \
