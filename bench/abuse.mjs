@@ -27,7 +27,6 @@ export const ABUSE_TARGETS = {
   logFloodMB: 1,
 };
 
-
 /** One request on its own connection, destroyed `ms` after it was sent (or when answered). */
 function hangUp(url, p, ms) {
   return new Promise((resolve) => {
@@ -158,12 +157,54 @@ export async function logFlood({ requests = 3000 } = {}) {
 export function abuseTargets({ abandoned, flood }) {
   const row = (id, figure, value, unit, target, pass) => ({ id, figure, value, unit, target, pass });
   return [
-    row('abandoned_rss', `${abandoned.requests} abandoned distinct-resource requests, HIMDS hung: RSS added`, abandoned.rssAddedMB, 'MB', `< ${ABUSE_TARGETS.abandonedRssMB} MB`, abandoned.rssAddedMB < ABUSE_TARGETS.abandonedRssMB),
-    row('abandoned_in_flight', 'abandoned: upstream fetches left in flight', abandoned.inFlight, '', `<= ${ABUSE_TARGETS.abandonedInFlight}`, abandoned.inFlight <= ABUSE_TARGETS.abandonedInFlight),
-    row('abandoned_challenges', 'abandoned: key files HIMDS wrote for them', abandoned.challenges, '', `<= ${ABUSE_TARGETS.abandonedChallenges}`, abandoned.challenges <= ABUSE_TARGETS.abandonedChallenges),
-    row('abandoned_cached_served', 'abandoned: a cached token served meanwhile (failed answers)', abandoned.cachedFailed, '', '= 0', abandoned.cachedFailed === 0 && abandoned.cachedServed > 0),
-    row('abandoned_recovery', 'abandoned: a new resource once HIMDS answers again', abandoned.recoverySeconds, 's', `< ${ABUSE_TARGETS.recoverySeconds} s`, abandoned.freshStatus === 200 && abandoned.recoverySeconds < ABUSE_TARGETS.recoverySeconds),
-    row('log_flood', `${flood.requests} failing ${flood.urlBytes}-byte requests: stdout at info`, flood.stdoutMB, 'MB', `< ${ABUSE_TARGETS.logFloodMB} MB`, flood.stdoutMB < ABUSE_TARGETS.logFloodMB),
+    row(
+      'abandoned_rss',
+      `${abandoned.requests} abandoned distinct-resource requests, HIMDS hung: RSS added`,
+      abandoned.rssAddedMB,
+      'MB',
+      `< ${ABUSE_TARGETS.abandonedRssMB} MB`,
+      abandoned.rssAddedMB < ABUSE_TARGETS.abandonedRssMB,
+    ),
+    row(
+      'abandoned_in_flight',
+      'abandoned: upstream fetches left in flight',
+      abandoned.inFlight,
+      '',
+      `<= ${ABUSE_TARGETS.abandonedInFlight}`,
+      abandoned.inFlight <= ABUSE_TARGETS.abandonedInFlight,
+    ),
+    row(
+      'abandoned_challenges',
+      'abandoned: key files HIMDS wrote for them',
+      abandoned.challenges,
+      '',
+      `<= ${ABUSE_TARGETS.abandonedChallenges}`,
+      abandoned.challenges <= ABUSE_TARGETS.abandonedChallenges,
+    ),
+    row(
+      'abandoned_cached_served',
+      'abandoned: a cached token served meanwhile (failed answers)',
+      abandoned.cachedFailed,
+      '',
+      '= 0',
+      abandoned.cachedFailed === 0 && abandoned.cachedServed > 0,
+    ),
+    row(
+      'abandoned_recovery',
+      'abandoned: a new resource once HIMDS answers again',
+      abandoned.recoverySeconds,
+      's',
+      `< ${ABUSE_TARGETS.recoverySeconds} s`,
+      abandoned.freshStatus === 200 && abandoned.recoverySeconds < ABUSE_TARGETS.recoverySeconds,
+    ),
+    row(
+      'log_flood',
+      `${flood.requests} failing ${flood.urlBytes}-byte requests: stdout at info`,
+      flood.stdoutMB,
+      'MB',
+      `< ${ABUSE_TARGETS.logFloodMB} MB`,
+      flood.stdoutMB < ABUSE_TARGETS.logFloodMB,
+    ),
   ];
 }
 

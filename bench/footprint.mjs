@@ -46,7 +46,13 @@ async function measure(runtime) {
     started.push(bare);
     await timedGet({ url: bare.url, path: '/', agent: false });
     await sleep(2000);
-    return { runtime: `${runtime.label} ${runtime.version}`, sidecar: memoryOf(sidecar.pid), relay: memoryOf(relay.pid), emulator: memoryOf(emulator.pid), bare: memoryOf(bare.pid) };
+    return {
+      runtime: `${runtime.label} ${runtime.version}`,
+      sidecar: memoryOf(sidecar.pid),
+      relay: memoryOf(relay.pid),
+      emulator: memoryOf(emulator.pid),
+      bare: memoryOf(bare.pid),
+    };
   } finally {
     await Promise.all(started.map((c) => c.stop()));
     await rm(tmp, { recursive: true, force: true });
@@ -60,7 +66,9 @@ for (const r of rows) {
   for (const name of ['sidecar', 'relay', 'emulator', 'bare']) {
     const m = r[name];
     const over = name === 'bare' ? '' : `+${(m.rss - r.bare.rss).toFixed(1)} · +${(m.anon - r.bare.anon).toFixed(1)} MB`;
-    lines.push(`| ${r.runtime} | ${name === 'bare' ? 'bare node:http' : name} | ${m.rss} MB | ${m.anon} MB | ${m.file} MB | ${m.threads} | ${over} |`);
+    lines.push(
+      `| ${r.runtime} | ${name === 'bare' ? 'bare node:http' : name} | ${m.rss} MB | ${m.anon} MB | ${m.file} MB | ${m.threads} | ${over} |`,
+    );
   }
 }
 process.stdout.write(`${lines.join('\n')}\n`);

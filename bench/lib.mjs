@@ -26,8 +26,7 @@ export const IMAGE_NODE_OPTIONS = (() => {
   return argv.slice(1, -1);
 })();
 export const TOKEN_PATH = '/metadata/identity/oauth2/token';
-export const tokenPath = (resource, apiVersion = '2018-02-01') =>
-  `${TOKEN_PATH}?api-version=${apiVersion}&resource=${encodeURIComponent(resource)}`;
+export const tokenPath = (resource, apiVersion = '2018-02-01') => `${TOKEN_PATH}?api-version=${apiVersion}&resource=${encodeURIComponent(resource)}`;
 
 // ---------------------------------------------------------------------------------------------------------
 // Child processes
@@ -181,14 +180,32 @@ export async function startEmulator(tokensDir, extra = []) {
  * listener (off, unless `admin`: then on a free loopback port, as `adminUrl`).
  */
 export async function startProxy(name, { listen = '127.0.0.1:0', upstream, tokensDir, extra = [], nodeArgs = [], cli = CLI, admin = false }) {
-  const args = [cli, 'serve', '--listen', listen, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', admin ? '127.0.0.1:0' : 'off', ...extra];
+  const args = [
+    cli,
+    'serve',
+    '--listen',
+    listen,
+    '--upstream',
+    upstream,
+    '--tokens-dir',
+    tokensDir,
+    '--admin-listen',
+    admin ? '127.0.0.1:0' : 'off',
+    ...extra,
+  ];
   const p = spawnNode(name, args, { nodeArgs: [...IMAGE_NODE_OPTIONS, ...nodeArgs] });
   try {
     const line = await p.waitFor((l) => l.msg === 'listening');
     const adminUrl = admin ? `http://${(await p.waitFor((l) => l.msg.startsWith('admin listening'))).address}` : undefined;
     const address = line.address;
     const url = address.startsWith('unix:') ? undefined : `http://${address}`;
-    return Object.assign(p, { address, url, adminUrl, socketPath: address.startsWith('unix:') ? address.slice(5) : undefined, listeningAt: line.__at });
+    return Object.assign(p, {
+      address,
+      url,
+      adminUrl,
+      socketPath: address.startsWith('unix:') ? address.slice(5) : undefined,
+      listeningAt: line.__at,
+    });
   } catch (err) {
     await p.stop();
     throw err;
@@ -287,7 +304,13 @@ export function machine() {
   const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1]?.trim() ?? 'unknown';
   const nproc = cpuinfo.split('\n').filter((l) => /^processor\s*:/.test(l)).length;
   const memTotal = /^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1];
-  return { nproc, cpu: model, memGB: memTotal ? Math.round(Number(memTotal) / 1024 / 1024) : undefined, node: process.version, platform: `${process.platform} ${process.arch}` };
+  return {
+    nproc,
+    cpu: model,
+    memGB: memTotal ? Math.round(Number(memTotal) / 1024 / 1024) : undefined,
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -330,10 +353,19 @@ export async function emulatorStats(emulatorUrl) {
 export function setFaults(emulatorUrl, faults) {
   const body = JSON.stringify(faults);
   return new Promise((resolve, reject) => {
-    const req = http.request({ ...splitUrl(emulatorUrl), path: '/__emulator/faults', method: 'POST', agent: false, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`faults: ${res.statusCode}`))));
-    });
+    const req = http.request(
+      {
+        ...splitUrl(emulatorUrl),
+        path: '/__emulator/faults',
+        method: 'POST',
+        agent: false,
+        headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`faults: ${res.statusCode}`))));
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -386,7 +418,20 @@ export const round = (x, digits = 3) => (Number.isFinite(x) ? Number(x.toFixed(d
  * whole milliseconds only). Returns requests/s (responses with `expect` status), p50/p99 (ms), the count of
  * other statuses and errors, and the CPU the server process used meanwhile (share of one core).
  */
-export function cannon({ url, socketPath, path: p, headers = { Metadata: 'true' }, connections, duration, amount, expect = 200, latencies = true, serverPid, overallRate, milestones = [] }) {
+export function cannon({
+  url,
+  socketPath,
+  path: p,
+  headers = { Metadata: 'true' },
+  connections,
+  duration,
+  amount,
+  expect = 200,
+  latencies = true,
+  serverPid,
+  overallRate,
+  milestones = [],
+}) {
   return new Promise((resolve, reject) => {
     const samples = latencies ? [] : undefined;
     let ok = 0;

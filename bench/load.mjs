@@ -15,5 +15,10 @@ const base = { url: spec.url, socketPath: spec.socketPath, path: spec.path, head
 if (spec.warmup || spec.warmupAmount) {
   await cannon({ ...base, ...(spec.warmupAmount ? { amount: spec.warmupAmount } : { duration: spec.warmup }), latencies: false });
 }
-const run = await cannon({ ...base, ...(spec.amount ? { amount: spec.amount } : { duration: spec.duration }), serverPid: spec.serverPid, latencies: true });
+const run = await cannon({
+  ...base,
+  ...(spec.amount ? { amount: spec.amount } : { duration: spec.duration }),
+  serverPid: spec.serverPid,
+  latencies: true,
+});
 process.stdout.write(`${JSON.stringify(run)}\n`);

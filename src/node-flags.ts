@@ -27,7 +27,9 @@ export function commandOf(argv: readonly string[]): string {
 
 /** The heap options missing from how this node was started (its command line, or NODE_OPTIONS). */
 export function missingHeapOptions(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
-  const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)].map((a) => a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`));
+  const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)].map((a) =>
+    a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`),
+  );
   return HEAP_OPTIONS.filter((option) => {
     const name = option.slice(0, option.indexOf('='));
     return !given.some((a) => a === name || a.startsWith(`${name}=`));

@@ -17,7 +17,22 @@ if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run 'npm run build' fi
 
 const SCENARIOS = ['abuse', 'ceiling', 'coldMiss', 'hit', 'memory', 'probe', 'startup', 'storm', 'twoHops'];
 const TARGETS = [
-  'abandoned_cached_served', 'abandoned_challenges', 'abandoned_in_flight', 'abandoned_recovery', 'abandoned_rss', 'cold_miss_overhead', 'hit_p99_10', 'hit_throughput_ratio', 'probe_p99_hung', 'ready', 'rss_connections', 'rss_connections_80', 'rss_growth', 'rss_idle', 'storm_fetches', 'log_flood',
+  'abandoned_cached_served',
+  'abandoned_challenges',
+  'abandoned_in_flight',
+  'abandoned_recovery',
+  'abandoned_rss',
+  'cold_miss_overhead',
+  'hit_p99_10',
+  'hit_throughput_ratio',
+  'probe_p99_hung',
+  'ready',
+  'rss_connections',
+  'rss_connections_80',
+  'rss_growth',
+  'rss_idle',
+  'storm_fetches',
+  'log_flood',
 ].sort();
 
 function runBench(out: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -27,7 +42,11 @@ function runBench(out: string): Promise<{ code: number | null; stdout: string; s
     if (k.startsWith('ARC_IMDS_') || k === 'NODE_OPTIONS' || k === 'NODE_V8_COVERAGE' || k.startsWith('BENCH_')) continue;
     env[k] = v;
   }
-  const child = spawn(process.execPath, [RUNNER], { cwd: ROOT, env: { ...env, BENCH_SMOKE: '1', BENCH_OUT: out }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [RUNNER], {
+    cwd: ROOT,
+    env: { ...env, BENCH_SMOKE: '1', BENCH_OUT: out },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -69,13 +88,21 @@ t.test('npm run bench at smoke scale: every scenario measured, the table printed
   t.ok(result.scenarios.abuse.abandoned.inFlight <= 10, 'abandoned requests leave (almost) no fetch in flight (correctness, not speed)');
   t.equal(result.scenarios.abuse.flood.stdoutBytes, 0, 'failing client requests write nothing at info');
   t.equal(result.scenarios.twoHops.sidecarMissRelayHit.upstreamFetches, 0, 'a sidecar miss that the relay has cached costs HIMDS nothing');
-  t.ok(result.scenarios.memory.withConnectionsMB > 0 && result.scenarios.memory.leak.atEndMB > 0 && result.scenarios.memory.ceiling.withConnectionsMB > 0, 'RSS read from /proc');
+  t.ok(
+    result.scenarios.memory.withConnectionsMB > 0 &&
+      result.scenarios.memory.leak.atEndMB > 0 &&
+      result.scenarios.memory.ceiling.withConnectionsMB > 0,
+    'RSS read from /proc',
+  );
   t.ok(result.machine.nproc > 0 && typeof result.machine.cpu === 'string', 'the machine is recorded');
-  t.equal(result.runtimes.length, 1, 'at smoke scale: the runner\'s own node only (no download in tests)');
+  t.equal(result.runtimes.length, 1, "at smoke scale: the runner's own node only (no download in tests)");
   t.equal(result.runtimes[0].node, process.version, '...which is this node');
-  t.same(result.runtimes[0].targets, result.targets, 'the top-level figures are the first runtime\'s');
+  t.same(result.runtimes[0].targets, result.targets, "the top-level figures are the first runtime's");
   const deployed = result.scenarios.memory.deployed;
-  t.ok(deployed.sidecar.idleMB > 0 && deployed.bare.idleMB > 0 && deployed.sidecar.relayIdleMB > 0, 'the sidecar as deployed, the relay and the bare server: RSS read from /proc');
+  t.ok(
+    deployed.sidecar.idleMB > 0 && deployed.bare.idleMB > 0 && deployed.sidecar.relayIdleMB > 0,
+    'the sidecar as deployed, the relay and the bare server: RSS read from /proc',
+  );
 
   t.match(stdout, /\| scenario \| figure \| Node \d+ \(v[\d.]+\) \| target \| result \(Node \d+\) \|/, 'the table is printed, a column per runtime');
   for (const row of result.table) t.ok(stdout.includes(`| ${row.scenario} | ${row.figure} |`), `printed: ${row.scenario}: ${row.figure}`);

@@ -17,7 +17,6 @@ const { version } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'ut
 const PREFIX = 'arc-imds-proxy: ';
 const TOKEN_QUERY = `/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`;
 
-
 /** The test's environment, with no admin listener unless a test asks: its fixed default port would collide
  * between concurrent serves. */
 const testEnv = (extra: Record<string, string> = {}) => cleanEnv({ ARC_IMDS_ADMIN_LISTEN: 'off', ...extra });
@@ -46,20 +45,63 @@ async function stop(s: Child, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 80
 const portOf = (listening: Record<string, any>) => Number(/^127\.0\.0\.1:(\d+)$/.exec(String(listening.address))?.[1]);
 
 const SERVE_FLAGS = [
-  'listen', 'upstream', 'tokens-dir', 'himds-api-version', 'upstream-timeout', 'request-timeout', 'cache-max-entries',
-  'min-remaining', 'refresh-ratio', 'refresh-before', 'force-refresh-interval', 'upstream-concurrency', 'upstream-queue', 'prefetch',
-  'admin-listen', 'readiness-interval', 'readiness-resource', 'shutdown-timeout', 'allow-resource', 'rate-limit',
-  'concurrency-limit', 'max-connections', 'headers-timeout', 'socket-mode', 'socket-group', 'workload',
-  'allow-host-netns', 'log-level',
+  'listen',
+  'upstream',
+  'tokens-dir',
+  'himds-api-version',
+  'upstream-timeout',
+  'request-timeout',
+  'cache-max-entries',
+  'min-remaining',
+  'refresh-ratio',
+  'refresh-before',
+  'force-refresh-interval',
+  'upstream-concurrency',
+  'upstream-queue',
+  'prefetch',
+  'admin-listen',
+  'readiness-interval',
+  'readiness-resource',
+  'shutdown-timeout',
+  'allow-resource',
+  'rate-limit',
+  'concurrency-limit',
+  'max-connections',
+  'headers-timeout',
+  'socket-mode',
+  'socket-group',
+  'workload',
+  'allow-host-netns',
+  'log-level',
 ];
 const WEBHOOK_FLAGS = [
-  'listen', 'tls-cert', 'tls-key', 'tls-reload-interval', 'image', 'image-pull-policy', 'socket-dir', 'admin-port',
-  'loopback-port', 'sidecar-cpu-request', 'sidecar-memory-request', 'sidecar-memory-limit', 'sidecar-log-level',
-  'max-request-bytes', 'log-level',
+  'listen',
+  'tls-cert',
+  'tls-key',
+  'tls-reload-interval',
+  'image',
+  'image-pull-policy',
+  'socket-dir',
+  'admin-port',
+  'loopback-port',
+  'sidecar-cpu-request',
+  'sidecar-memory-request',
+  'sidecar-memory-limit',
+  'sidecar-log-level',
+  'max-request-bytes',
+  'log-level',
 ];
 const EMULATOR_FLAGS = [
-  'listen', 'tokens-dir', 'token-lifetime', 'key-ttl', 'latency', 'fail-next', 'fail-status', 'startup-unavailable',
-  'user-assigned', 'log-level',
+  'listen',
+  'tokens-dir',
+  'token-lifetime',
+  'key-ttl',
+  'latency',
+  'fail-next',
+  'fail-status',
+  'startup-unavailable',
+  'user-assigned',
+  'log-level',
 ];
 const DEMO_FLAGS = ['log-level'];
 const NETNS_SETUP_FLAGS = ['address', 'allow-host-netns'];
@@ -82,7 +124,14 @@ t.test('--version and --help', async (t) => {
 });
 
 t.test('each command documents every flag and its ARC_IMDS_* variable', async (t) => {
-  const cases: [string, string[]][] = [['serve', SERVE_FLAGS], ['emulate-himds', EMULATOR_FLAGS], ['demo', DEMO_FLAGS], ['netns-setup', NETNS_SETUP_FLAGS], ['probe', PROBE_FLAGS], ['webhook', WEBHOOK_FLAGS]];
+  const cases: [string, string[]][] = [
+    ['serve', SERVE_FLAGS],
+    ['emulate-himds', EMULATOR_FLAGS],
+    ['demo', DEMO_FLAGS],
+    ['netns-setup', NETNS_SETUP_FLAGS],
+    ['probe', PROBE_FLAGS],
+    ['webhook', WEBHOOK_FLAGS],
+  ];
   const results = await Promise.all(cases.map(([command]) => run(t, [command, '--help'])));
   cases.forEach(([command, flags], i) => {
     const r = results[i]!;
@@ -90,7 +139,7 @@ t.test('each command documents every flag and its ARC_IMDS_* variable', async (t
     t.equal(r.stderr, '');
     t.match(r.stdout, new RegExp(`^Usage: arc-imds-proxy ${command} \\[options\\]`), `${command}: usage line`);
     for (const flag of flags) {
-      t.match(r.stdout, new RegExp(`^  --${flag}( [A-Z][A-Z0-9]*)? `, "m"), `${command}: --${flag}`);
+      t.match(r.stdout, new RegExp(`^  --${flag}( [A-Z][A-Z0-9]*)? `, 'm'), `${command}: --${flag}`);
       t.match(r.stdout, new RegExp(`\\benv ${envOf(flag)}\\b`), `${command}: ${envOf(flag)}`);
     }
     const documented = [...r.stdout.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]).filter((f) => f !== 'help');
@@ -128,8 +177,11 @@ t.test('bad configuration: every problem at once, one line each, exit 2', async 
     run(t, ['serve', '--listen', 'nope', '--upstream', 'https://127.0.0.1:40342', '--tokens-dir', 'relative/tokens', '--log-level', 'loud']),
     run(t, ['emulate-himds', '--listen', 'localhost:1', '--fail-status', '200', '--user-assigned', 'maybe', '--key-ttl', '0']),
     run(t, ['serve'], testEnv({ ARC_IMDS_LOG_LEVEL: 'loud', ARC_IMDS_TOKENS_DIR: 'rel', ARC_IMDS_LISTEN: '127.0.0.1:0,bad' })),
-    run(t, ['serve', '--listen', '127.0.0.1:8080', '--listen', '127.0.0.1:8080', '--request-timeout', '1s', '--upstream-timeout', '5s'],
-      testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' })),
+    run(
+      t,
+      ['serve', '--listen', '127.0.0.1:8080', '--listen', '127.0.0.1:8080', '--request-timeout', '1s', '--upstream-timeout', '5s'],
+      testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' }),
+    ),
   ]);
 
   t.equal(serve.code, 2, 'serve: exit 2');
@@ -137,37 +189,82 @@ t.test('bad configuration: every problem at once, one line each, exit 2', async 
   const lines = stderrLines(serve.stderr);
   t.equal(lines.length, 4, `serve: four problems, four lines:\n${serve.stderr}`);
   for (const l of lines) t.ok(l.startsWith(PREFIX), `prefixed: ${l}`);
-  t.ok(lines.some((l) => /--listen: 'nope' is not HOST:PORT/.test(l)), 'bad --listen');
-  t.ok(lines.some((l) => /--upstream: .*only http:\/\//.test(l)), 'https upstream');
-  t.ok(lines.some((l) => /--tokens-dir: 'relative\/tokens' must be an absolute path/.test(l)), 'relative tokens dir');
-  t.ok(lines.some((l) => /--log-level: 'loud' is not one of/.test(l)), 'bad log level');
+  t.ok(
+    lines.some((l) => /--listen: 'nope' is not HOST:PORT/.test(l)),
+    'bad --listen',
+  );
+  t.ok(
+    lines.some((l) => /--upstream: .*only http:\/\//.test(l)),
+    'https upstream',
+  );
+  t.ok(
+    lines.some((l) => /--tokens-dir: 'relative\/tokens' must be an absolute path/.test(l)),
+    'relative tokens dir',
+  );
+  t.ok(
+    lines.some((l) => /--log-level: 'loud' is not one of/.test(l)),
+    'bad log level',
+  );
 
   t.equal(emulator.code, 2, 'emulate-himds: exit 2');
   const emuLines = stderrLines(emulator.stderr);
   t.equal(emuLines.length, 4, `emulate-himds: four lines:\n${emulator.stderr}`);
-  t.ok(emuLines.some((l) => /--listen: .*must be an IP address/.test(l)), 'a name is not an address');
-  t.ok(emuLines.some((l) => /--fail-status: .*400-599/.test(l)), 'fail-status range');
-  t.ok(emuLines.some((l) => /--user-assigned: 'maybe'/.test(l)), 'user-assigned mode');
-  t.ok(emuLines.some((l) => /--key-ttl: .*greater than zero/.test(l)), 'zero ttl');
+  t.ok(
+    emuLines.some((l) => /--listen: .*must be an IP address/.test(l)),
+    'a name is not an address',
+  );
+  t.ok(
+    emuLines.some((l) => /--fail-status: .*400-599/.test(l)),
+    'fail-status range',
+  );
+  t.ok(
+    emuLines.some((l) => /--user-assigned: 'maybe'/.test(l)),
+    'user-assigned mode',
+  );
+  t.ok(
+    emuLines.some((l) => /--key-ttl: .*greater than zero/.test(l)),
+    'zero ttl',
+  );
 
   t.equal(fromEnv.code, 2, 'from the environment: exit 2');
   const envLines = stderrLines(fromEnv.stderr);
   t.equal(envLines.length, 3, `three lines naming the variables:\n${fromEnv.stderr}`);
-  t.ok(envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_LOG_LEVEL: `)), 'ARC_IMDS_LOG_LEVEL named');
-  t.ok(envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_TOKENS_DIR: `)), 'ARC_IMDS_TOKENS_DIR named');
-  t.ok(envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_LISTEN: 'bad'`)), 'the bad one of two ARC_IMDS_LISTEN addresses');
+  t.ok(
+    envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_LOG_LEVEL: `)),
+    'ARC_IMDS_LOG_LEVEL named',
+  );
+  t.ok(
+    envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_TOKENS_DIR: `)),
+    'ARC_IMDS_TOKENS_DIR named',
+  );
+  t.ok(
+    envLines.some((l) => l.startsWith(`${PREFIX}ARC_IMDS_LISTEN: 'bad'`)),
+    'the bad one of two ARC_IMDS_LISTEN addresses',
+  );
 
   t.equal(serveLevel.code, 2, 'serve-level checks: exit 2');
   const serveLines = stderrLines(serveLevel.stderr);
   t.equal(serveLines.length, 3, `three lines:\n${serveLevel.stderr}`);
-  t.ok(serveLines.some((l) => /IMDS_ENDPOINT: .*only http:\/\//.test(l)), 'bad IMDS_ENDPOINT');
-  t.ok(serveLines.some((l) => /--listen: 127\.0\.0\.1:8080 is given twice/.test(l)), 'duplicate listener');
-  t.ok(serveLines.some((l) => /--request-timeout must not be shorter than --upstream-timeout/.test(l)), 'timeouts');
+  t.ok(
+    serveLines.some((l) => /IMDS_ENDPOINT: .*only http:\/\//.test(l)),
+    'bad IMDS_ENDPOINT',
+  );
+  t.ok(
+    serveLines.some((l) => /--listen: 127\.0\.0\.1:8080 is given twice/.test(l)),
+    'duplicate listener',
+  );
+  t.ok(
+    serveLines.some((l) => /--request-timeout must not be shorter than --upstream-timeout/.test(l)),
+    'timeouts',
+  );
 });
 
 t.test('all problems at once, across option parsing and serve checks', async (t) => {
-  const r = await run(t, ['serve', '--log-level', 'loud', '--request-timeout', '1s', '--upstream-timeout', '5s'],
-    testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' }));
+  const r = await run(
+    t,
+    ['serve', '--log-level', 'loud', '--request-timeout', '1s', '--upstream-timeout', '5s'],
+    testEnv({ IMDS_ENDPOINT: 'https://localhost:40342' }),
+  );
   t.equal(r.code, 2, 'exit 2');
   t.match(r.stderr, /--log-level: 'loud'/, 'the option problem is reported');
   t.equal(stderrLines(r.stderr).length, 3, `log level, IMDS_ENDPOINT and the timeouts together:\n${r.stderr}`);
@@ -182,16 +279,24 @@ t.test('an ARC_IMDS_LISTEN naming no address is a configuration error', async (t
 
 t.test('environment variables, precedence, and IMDS_ENDPOINT', async (t) => {
   // Two listeners from one comma-separated variable; the upstream from ARC_IMDS_UPSTREAM.
-  const two = start(t, ['serve'], testEnv({
-    ARC_IMDS_LISTEN: '127.0.0.1:0, 127.0.0.1:0',
-    ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40399',
-    IMDS_ENDPOINT: 'http://localhost:40342',
-  }));
+  const two = start(
+    t,
+    ['serve'],
+    testEnv({
+      ARC_IMDS_LISTEN: '127.0.0.1:0, 127.0.0.1:0',
+      ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40399',
+      IMDS_ENDPOINT: 'http://localhost:40342',
+    }),
+  );
   // Flags win over the environment: the env values would fail (an absent address) or point elsewhere.
-  const flagsWin = start(t, ['serve', '--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:40398'], testEnv({
-    ARC_IMDS_LISTEN: '192.0.2.1:0',
-    ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40397',
-  }));
+  const flagsWin = start(
+    t,
+    ['serve', '--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:40398'],
+    testEnv({
+      ARC_IMDS_LISTEN: '192.0.2.1:0',
+      ARC_IMDS_UPSTREAM: 'http://127.0.0.1:40397',
+    }),
+  );
   // IMDS_ENDPOINT (set by the Arc agent) is the upstream when nothing else is; localhost becomes 127.0.0.1.
   const imdsEndpoint = start(t, ['serve', '--listen', '127.0.0.1:0'], testEnv({ IMDS_ENDPOINT: 'http://localhost:40396' }));
   const byDefault = start(t, ['serve', '--listen', '127.0.0.1:0'], testEnv());
@@ -200,7 +305,10 @@ t.test('environment variables, precedence, and IMDS_ENDPOINT', async (t) => {
   const lines = two.logLines('listening');
   t.equal(lines.length, 2, 'two listeners');
   const ports = lines.map(portOf);
-  t.ok(ports.every((p) => p > 0), `bound ports ${ports.join(', ')}`);
+  t.ok(
+    ports.every((p) => p > 0),
+    `bound ports ${ports.join(', ')}`,
+  );
   t.not(ports[0], ports[1], 'on two ports');
   for (const l of lines) t.equal(l.upstream, 'http://127.0.0.1:40399', 'ARC_IMDS_UPSTREAM wins over IMDS_ENDPOINT');
   for (const port of ports) {
@@ -224,9 +332,16 @@ t.test('environment variables, precedence, and IMDS_ENDPOINT', async (t) => {
   await get(`http://127.0.0.1:${portOf(ie)}/`, {});
   await get(`http://127.0.0.1:${portOf(def)}/`, {});
   const exits = await Promise.all([stop(two, 'SIGTERM'), stop(flagsWin, 'SIGTERM'), stop(imdsEndpoint, 'SIGINT'), stop(byDefault, 'SIGTERM')]);
-  t.same(exits, [
-    { code: 0, signal: null }, { code: 0, signal: null }, { code: 0, signal: null }, { code: 0, signal: null },
-  ], 'SIGTERM and SIGINT -> exit 0');
+  t.same(
+    exits,
+    [
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+      { code: 0, signal: null },
+    ],
+    'SIGTERM and SIGINT -> exit 0',
+  );
   for (const s of [two, flagsWin, imdsEndpoint, byDefault]) t.equal(s.stderr, '', 'nothing on stderr');
 });
 
@@ -282,7 +397,9 @@ t.test('serve in front of emulate-himds serves a token end to end', async (t) =>
 
 t.test('listen failures', async (t) => {
   const absent = '192.0.2.1';
-  const local = Object.values(os.networkInterfaces()).flat().some((i) => i?.address === absent);
+  const local = Object.values(os.networkInterfaces())
+    .flat()
+    .some((i) => i?.address === absent);
   t.test('an address not on this host -> exit 2 with the fix', { skip: local ? `${absent} is configured on this host` : false }, async (t) => {
     // Binding to an absent address fails in the kernel: no packet is ever sent.
     const r = await run(t, ['serve', '--listen', `${absent}:0`, '--upstream', 'http://127.0.0.1:40342']);

@@ -31,7 +31,16 @@ t.test('addresses', async (t) => {
   t.same(parseListenAddress('[::1]:8080'), { kind: 'tcp', host: '::1', port: 8080 });
   t.same(parseListenAddress('unix:/run/arc-imds/imds.sock'), { kind: 'unix', path: '/run/arc-imds/imds.sock' });
   t.same(parseUpstream('unix:/run/arc-imds/imds.sock'), { kind: 'unix', path: '/run/arc-imds/imds.sock', origin: 'http://localhost' });
-  for (const bad of ['localhost:80', '127.0.0.1', '127.0.0.1:65536', '1.2.3.256:80', ':80', 'unix:run/x.sock', `unix:/${'x'.repeat(107)}`, 'unix:/run/dir/']) {
+  for (const bad of [
+    'localhost:80',
+    '127.0.0.1',
+    '127.0.0.1:65536',
+    '1.2.3.256:80',
+    ':80',
+    'unix:run/x.sock',
+    `unix:/${'x'.repeat(107)}`,
+    'unix:/run/dir/',
+  ]) {
     t.throws(() => parseListenAddress(bad), `listen '${bad}' refused`);
   }
   t.equal(parseUpstream('http://localhost:40342').origin, 'http://127.0.0.1:40342', 'localhost is IPv4 loopback');
@@ -61,7 +70,12 @@ t.test('serve defaults', async (t) => {
 });
 
 t.test('precedence: flag, then ARC_IMDS_*, then IMDS_ENDPOINT, then default', async (t) => {
-  const env = { ARC_IMDS_LISTEN: '127.0.0.1:0', ARC_IMDS_UPSTREAM: 'http://127.0.0.1:2', IMDS_ENDPOINT: 'http://localhost:3', ARC_IMDS_PREFETCH: 'a, b,,' };
+  const env = {
+    ARC_IMDS_LISTEN: '127.0.0.1:0',
+    ARC_IMDS_UPSTREAM: 'http://127.0.0.1:2',
+    IMDS_ENDPOINT: 'http://localhost:3',
+    ARC_IMDS_PREFETCH: 'a, b,,',
+  };
   t.equal(parseServe(['--upstream', 'http://127.0.0.1:1'], env).config.upstream.origin, 'http://127.0.0.1:1');
   t.equal(parseServe([], env).config.upstream.origin, 'http://127.0.0.1:2');
   t.equal(parseServe([], { ARC_IMDS_LISTEN: '127.0.0.1:0', IMDS_ENDPOINT: 'http://localhost:3' }).config.upstream.origin, 'http://127.0.0.1:3');
@@ -72,7 +86,20 @@ t.test('precedence: flag, then ARC_IMDS_*, then IMDS_ENDPOINT, then default', as
 
 t.test('every problem at once', async (t) => {
   const problems = problemsOf(
-    ['--listen', '127.0.0.1:0', '--refresh-ratio', '1.5', '--cache-max-entries', '0', '--min-remaining', '20m', '--prefetch', 'a\u0007b', '--upstream-concurrency', 'x'],
+    [
+      '--listen',
+      '127.0.0.1:0',
+      '--refresh-ratio',
+      '1.5',
+      '--cache-max-entries',
+      '0',
+      '--min-remaining',
+      '20m',
+      '--prefetch',
+      'a\u0007b',
+      '--upstream-concurrency',
+      'x',
+    ],
     { IMDS_ENDPOINT: 'ftp://x' },
   );
   t.match(problems, [
@@ -84,8 +111,12 @@ t.test('every problem at once', async (t) => {
     /--refresh-before must be longer than --min-remaining/,
   ]);
   t.equal(problems.length, 6, problems.join('\n'));
-  t.same(problemsOf(['--listen', '127.0.0.1:0', '--min-remaining', '10m']), ['--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed']);
-  t.same(problemsOf(['--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:1', '--upstream', 'http://127.0.0.1:2']), ['--upstream: given 2 times; it takes one value']);
+  t.same(problemsOf(['--listen', '127.0.0.1:0', '--min-remaining', '10m']), [
+    '--refresh-before must be longer than --min-remaining, or tokens would stop being served before they are refreshed',
+  ]);
+  t.same(problemsOf(['--listen', '127.0.0.1:0', '--upstream', 'http://127.0.0.1:1', '--upstream', 'http://127.0.0.1:2']), [
+    '--upstream: given 2 times; it takes one value',
+  ]);
   t.same(problemsOf([], { ARC_IMDS_LISTEN: ' , ' }), ['ARC_IMDS_LISTEN: no value given']);
   t.match(problemsOf(['positional']), [/^Unexpected argument 'positional'/]);
 });
@@ -98,7 +129,9 @@ t.test('never answer 169.254.169.254 in the host network namespace', async (t) =
   t.same(problemsOf(['--upstream', 'unix:/run/arc-imds/imds.sock']), [], 'a sidecar (relay upstream over a socket) may');
   t.same(problemsOf(['--listen', 'unix:/run/arc-imds/imds.sock']), [], 'a relay on a socket may');
   t.same(problemsOf(['--allow-host-netns']), [], 'the override, for a private namespace');
-  t.same(problemsOf(['--listen', 'unix:/run/a.sock', '--upstream', 'unix:/run/a.sock']), ['--upstream /run/a.sock: the same socket as a --listen address']);
+  t.same(problemsOf(['--listen', 'unix:/run/a.sock', '--upstream', 'unix:/run/a.sock']), [
+    '--upstream /run/a.sock: the same socket as a --listen address',
+  ]);
 });
 
 t.test('socket options', async (t) => {
@@ -115,7 +148,14 @@ t.test('probe follows ARC_IMDS_ADMIN_LISTEN unless told otherwise', async (t) =>
   t.equal(parseProbe([], {}).config.url, 'http://127.0.0.1:9464/readyz', 'the default admin address');
   t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:9500/readyz', 'all interfaces: ask loopback');
   t.equal(parseProbe([], { ARC_IMDS_ADMIN_LISTEN: '[::]:9500' }).config.url, 'http://[::1]:9500/readyz');
-  t.equal(parseProbe(['--url', 'http://127.0.0.1:1'], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:1/readyz', '--url wins');
-  t.equal(parseProbe([], { ARC_IMDS_URL: 'http://127.0.0.1:2/readyz', ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url, 'http://127.0.0.1:2/readyz');
+  t.equal(
+    parseProbe(['--url', 'http://127.0.0.1:1'], { ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url,
+    'http://127.0.0.1:1/readyz',
+    '--url wins',
+  );
+  t.equal(
+    parseProbe([], { ARC_IMDS_URL: 'http://127.0.0.1:2/readyz', ARC_IMDS_ADMIN_LISTEN: '0.0.0.0:9500' }).config.url,
+    'http://127.0.0.1:2/readyz',
+  );
   t.throws(() => parseProbe([], { ARC_IMDS_ADMIN_LISTEN: 'unix:/run/a.sock' }), /cannot reach a unix socket/);
 });

@@ -15,8 +15,12 @@ const page = readFileSync(new URL('../docs/configuration.md', import.meta.url), 
 const built = async (file: string, name: string) =>
   ((await import(new URL(`../dist/commands/${file}`, import.meta.url).href)) as Record<string, Command>)[name]!;
 const commands = [
-  await built('serve.js', 'serve'), await built('webhook.js', 'webhook'), await built('netns-setup.js', 'netnsSetupCommand'),
-  await built('probe.js', 'probeCommand'), await built('emulate-himds.js', 'emulateHimds'), await built('demo.js', 'demo'),
+  await built('serve.js', 'serve'),
+  await built('webhook.js', 'webhook'),
+  await built('netns-setup.js', 'netnsSetupCommand'),
+  await built('probe.js', 'probeCommand'),
+  await built('emulate-himds.js', 'emulateHimds'),
+  await built('demo.js', 'demo'),
 ];
 const check = (...args: string[]) => spawnSync(process.execPath, [script, '--check', ...args], { encoding: 'utf8' });
 

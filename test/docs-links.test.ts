@@ -13,8 +13,14 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const PENDING = new Set<string>();
 
 const pages = [
-  'README.md', 'SECURITY.md', 'CONTRIBUTING.md', 'CHANGELOG.md', 'deploy/README.md',
-  ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`),
+  'README.md',
+  'SECURITY.md',
+  'CONTRIBUTING.md',
+  'CHANGELOG.md',
+  'deploy/README.md',
+  ...readdirSync(join(root, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
 ];
 
 /** The text outside fenced code blocks, with code spans blanked, so code that looks like a link is not one. */
@@ -47,7 +53,10 @@ export function anchors(markdown: string): Set<string> {
     const m = !fence && /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(line);
     if (!m) continue;
     const plain = m[1]!.replace(/\[([^\]]*)\]\([^)]*\)/g, '$1').replace(/[`*]/g, '');
-    const slug = plain.toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, '').replace(/\s/g, '-');
+    const slug = plain
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+      .replace(/\s/g, '-');
     const n = seen.get(slug) ?? 0;
     seen.set(slug, n + 1);
     out.add(n === 0 ? slug : `${slug}-${n}`);
@@ -67,8 +76,10 @@ const external = (target: string) => /^[a-z][a-z0-9+.-]*:/i.test(target);
 
 t.test('the parser finds links, skips code, and makes GitHub anchors', async (t) => {
   t.same(links('see [a](x.md) and `[b](y.md)`\n```\n[c](z.md)\n```\n[d]: w.md\n'), ['x.md', 'w.md']);
-  t.same([...anchors('# Quick start\n## Two hops: a relay, a sidecar\n## Two hops: a relay, a sidecar\n## `--allow-resource` refusals\n')],
-    ['quick-start', 'two-hops-a-relay-a-sidecar', 'two-hops-a-relay-a-sidecar-1', '--allow-resource-refusals']);
+  t.same(
+    [...anchors('# Quick start\n## Two hops: a relay, a sidecar\n## Two hops: a relay, a sidecar\n## `--allow-resource` refusals\n')],
+    ['quick-start', 'two-hops-a-relay-a-sidecar', 'two-hops-a-relay-a-sidecar-1', '--allow-resource-refusals'],
+  );
   t.same([...anchors('```\n# not a heading\n```\n## 2. Grant it a role\n')], ['2-grant-it-a-role']);
 });
 

@@ -29,6 +29,11 @@ t.test('biome: no lint findings in src, test, bench, scripts', async (t) => {
   t.equal(r.code, 0, r.code === 0 ? 'clean' : r.out.slice(0, 4000));
 });
 
+t.test('biome: every file is formatted as biome.json says', async (t) => {
+  const r = await runTool(bin('biome'), ['format', '--max-diagnostics=20', '.']);
+  t.equal(r.code, 0, r.code === 0 ? 'formatted' : `run 'npx biome format --write .': ${r.out.slice(0, 3000)}`);
+});
+
 t.test('dependency-cruiser: layers point one way, no cycles', async (t) => {
   const r = await runTool(bin('depcruise'), ['src', '--config', '.dependency-cruiser.cjs']);
   t.equal(r.code, 0, r.code === 0 ? 'no violations' : r.out.slice(0, 4000));
@@ -39,7 +44,10 @@ t.test('dependency-cruiser: layers point one way, no cycles', async (t) => {
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   await mkdir(path.join(dir, 'src', 'upstream'), { recursive: true });
   await mkdir(path.join(dir, 'src', 'imds'), { recursive: true });
-  await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' }, include: ['src'] }));
+  await writeFile(
+    path.join(dir, 'tsconfig.json'),
+    JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext' }, include: ['src'] }),
+  );
   await writeFile(path.join(dir, 'src', 'upstream', 'a.ts'), "import { b } from '../imds/b.js';\nexport const a = () => b;\n");
   await writeFile(path.join(dir, 'src', 'imds', 'b.ts'), "import { a } from '../upstream/a.js';\nexport const b = () => a;\n");
   const bad = await runTool(bin('depcruise'), ['src', '--config', path.join(ROOT, '.dependency-cruiser.cjs')], dir);
@@ -70,7 +78,9 @@ async function shellcheck(): Promise<string | undefined> {
 }
 
 const shellcheckTool = await shellcheck();
-const noShellcheck = shellcheckTool ? {} : { skip: 'shellcheck is not installed and could not be fetched (scripts/debian-packages bookworm DIR shellcheck)' };
+const noShellcheck = shellcheckTool
+  ? {}
+  : { skip: 'shellcheck is not installed and could not be fetched (scripts/debian-packages bookworm DIR shellcheck)' };
 
 t.test('shellcheck: every shell script', noShellcheck, async (t) => {
   const tool = shellcheckTool!;

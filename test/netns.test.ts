@@ -80,7 +80,10 @@ async function cleanUp(): Promise<void> {
   // Anything still inside one of our namespaces was started by this file (through `ip netns exec`): say so, and
   // end it by its pid.
   for (const name of namespaces) {
-    const pids = spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8', timeout: 5000, env: { PATH: PATH_ENV } }).stdout?.split('\n').filter(Boolean) ?? [];
+    const pids =
+      spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8', timeout: 5000, env: { PATH: PATH_ENV } })
+        .stdout?.split('\n')
+        .filter(Boolean) ?? [];
     for (const pid of pids) {
       process.stderr.write(`netns.test: pid ${pid} was still running in ${name}; killing it\n`);
       try {
@@ -262,17 +265,33 @@ function topology(): Promise<Topology> {
     // traffic at their own times to the counts asserted here.
     const env = { PATH: PATH_ENV, ARC_IMDS_ADMIN_LISTEN: 'off' };
     const startRelay = async () => {
-      const relay = proc('relay', [NODE, CLI, 'serve', '--listen', `unix:${socket}`, '--upstream', emulatorUrl, '--tokens-dir', tokensDir, '--log-level', 'debug'], env);
+      const relay = proc(
+        'relay',
+        [NODE, CLI, 'serve', '--listen', `unix:${socket}`, '--upstream', emulatorUrl, '--tokens-dir', tokensDir, '--log-level', 'debug'],
+        env,
+      );
       await relay.logLine('listening');
       return relay;
     };
     const relay = await startRelay();
     // The default tokens dir is fine: the sidecar answers no challenge, so it never reads a key.
-    const sidecar = proc('sidecar', inNamespace(ns, [NODE, CLI, 'serve', '--listen', `${IMDS_ADDRESS}:80`, '--upstream', `unix:${socket}`, '--log-level', 'debug']), env);
+    const sidecar = proc(
+      'sidecar',
+      inNamespace(ns, [NODE, CLI, 'serve', '--listen', `${IMDS_ADDRESS}:80`, '--upstream', `unix:${socket}`, '--log-level', 'debug']),
+      env,
+    );
     await sidecar.logLine('listening', 8000, (l) => l.address === `${IMDS_ADDRESS}:80`);
 
     return {
-      ns, dir, socket, tokensDir, emulator, emulatorUrl, relay, sidecar, startRelay,
+      ns,
+      dir,
+      socket,
+      tokensDir,
+      emulator,
+      emulatorUrl,
+      relay,
+      sidecar,
+      startRelay,
       startMs: Math.round(performance.now() - started),
       async stats() {
         const reply = await get(`${emulatorUrl}/__emulator/stats`, {});
@@ -305,7 +324,13 @@ t.test('netns-setup', when, async (t) => {
     t.equal(again.code, 0, 'a second run exits 0');
     t.match(again.stdout, new RegExp(`${IMDS_ADDRESS.replaceAll('.', '\\.')}/32 was already on lo`), "and says 'already'");
     t.equal(again.stderr, '');
-    t.equal(loAddresses(name).split('\n').filter((l) => l.includes(` inet ${IMDS_ADDRESS}/`)).length, 1, 'the address is there once');
+    t.equal(
+      loAddresses(name)
+        .split('\n')
+        .filter((l) => l.includes(` inet ${IMDS_ADDRESS}/`)).length,
+      1,
+      'the address is there once',
+    );
     t.equal(hasImdsAddress(ipOut(['-o', '-4', 'addr', 'show'])), hostHasImdsAddress, 'the root namespace is untouched');
   });
 
@@ -333,7 +358,10 @@ t.test('netns-setup', when, async (t) => {
     const ns = newNamespace();
     ipOut(['-n', ns, 'link', 'set', 'lo', 'up']);
     const dir = await tempDir();
-    const himds = proc('emulator in host-like ns', inNamespace(ns, [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:40342', '--tokens-dir', path.join(dir, 'tokens')]));
+    const himds = proc(
+      'emulator in host-like ns',
+      inNamespace(ns, [NODE, CLI, 'emulate-himds', '--listen', '127.0.0.1:40342', '--tokens-dir', path.join(dir, 'tokens')]),
+    );
     const listening = await himds.logLine('HIMDS emulator listening');
     t.equal(listening.url, 'http://127.0.0.1:40342', 'HIMDS (emulated) answers on loopback inside the namespace');
 
@@ -438,19 +466,30 @@ t.test('real clients in the namespace, without any endpoint override', when, asy
   t.equal(mi?.path, tokenQuery(ARM), '@azure/identity: the IMDS token request, api-version 2018-02-01, resource encoded');
   t.equal(mi?.status, 200);
   t.equal(headerOf(mi!, 'metadata'), 'true');
-  t.equal(wire.findIndex((w) => w.step === 'identity-mi-probe'), wire.indexOf(probes('identity-mi-probe')[0]!), 'the probe comes first');
+  t.equal(
+    wire.findIndex((w) => w.step === 'identity-mi-probe'),
+    wire.indexOf(probes('identity-mi-probe')[0]!),
+    'the probe comes first',
+  );
   // 4.13.1 builds DefaultAzureCredential restricted to managed identity with sendProbeRequest: false.
   t.equal(probes('identity-dac-mi-only').length, 0, 'AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential: no probe (4.13.1)');
   t.equal(tokenRequest('identity-dac-mi-only').length, 1, 'and one token request');
 
   // (b) msal-node 7.2.3: one request per resource, its cache answers the rest.
-  for (const [step, resource] of [['msal-arm', ARM], ['msal-vault', VAULT]] as const) {
+  for (const [step, resource] of [
+    ['msal-arm', ARM],
+    ['msal-vault', VAULT],
+  ] as const) {
     const sent = wire.filter((w) => w.step === step);
     t.equal(sent.length, 1, `${step}: one request`);
     t.equal(sent[0]?.via, 'undici', `${step}: msal-node 7 uses fetch`);
     t.equal(sent[0]?.path, tokenQuery(resource), `${step}: the default IMDS URL, no trailing slash`);
     t.equal(sent[0]?.status, 200);
-    t.same(r.calls[step].map((c: any) => c.fromCache), [false, true, true], `${step}: then its own cache`);
+    t.same(
+      r.calls[step].map((c: any) => c.fromCache),
+      [false, true, true],
+      `${step}: then its own cache`,
+    );
   }
 
   // (c) curl.
@@ -472,7 +511,12 @@ t.test('real clients in the namespace, without any endpoint override', when, asy
   const after = await top.stats();
   t.equal(after.tokensIssued - before.tokensIssued, 3, `the emulator issued exactly one token per resource (${ARM}, ${VAULT}, ${GRAPH})`);
   t.equal(after.challenges - before.challenges, 3, 'one challenge each, answered by the relay');
-  const fetched = (p: Child, from: number) => p.logLines('token fetched from upstream').slice(from).map((l) => l.resource).sort();
+  const fetched = (p: Child, from: number) =>
+    p
+      .logLines('token fetched from upstream')
+      .slice(from)
+      .map((l) => l.resource)
+      .sort();
   t.same(fetched(top.sidecar, sidecarFetchesBefore), [VAULT, GRAPH, ARM].sort(), 'the sidecar fetched each resource once');
   t.same(fetched(top.relay, relayFetchesBefore), [VAULT, GRAPH, ARM].sort(), 'the relay fetched each resource once');
   // What the sidecar itself saw of the probes (debug log): the gate's 400, nothing forwarded.
@@ -489,7 +533,12 @@ t.test('real clients in the namespace, without any endpoint override', when, asy
   t.equal((await top.stats()).tokensIssued, after.tokensIssued, 'answered from the relay cache');
   t.equal(top.relay.logLines('token fetched from upstream').length - relayFetchesBefore, 3, 'no new relay fetch');
 
-  t.comment(`probes: ${wire.filter(isProbe).map((p) => `${p.step} ${p.status} ${p.ms} ms`).join('; ')}`);
+  t.comment(
+    `probes: ${wire
+      .filter(isProbe)
+      .map((p) => `${p.step} ${p.status} ${p.ms} ms`)
+      .join('; ')}`,
+  );
   t.comment(`wire: ${JSON.stringify(wire.map((w) => ({ step: w.step, via: w.via, path: w.path, status: w.status, ms: w.ms, headers: w.headers })))}`);
 });
 

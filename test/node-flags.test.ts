@@ -28,7 +28,11 @@ t.test('the command is read as cli.ts reads it', async (t) => {
 t.test('missing heap options: from the command line or NODE_OPTIONS, either spelling, any value', async (t) => {
   t.same(missingHeapOptions([], undefined), [...HEAP_OPTIONS], 'none given: both');
   t.same(missingHeapOptions([...HEAP_OPTIONS], undefined), [], 'both given');
-  t.same(missingHeapOptions(['--max-semi-space-size=8', '--min_semi_space_size=1'], undefined), [], 'other values and underscores are the operator\'s choice');
+  t.same(
+    missingHeapOptions(['--max-semi-space-size=8', '--min_semi_space_size=1'], undefined),
+    [],
+    "other values and underscores are the operator's choice",
+  );
   t.same(missingHeapOptions(['--min-semi-space-size=2'], '--max-semi-space-size=2 --enable-source-maps'), [], 'the first may come from NODE_OPTIONS');
   t.same(missingHeapOptions(['--max-semi-space-size=2'], undefined), ['--min-semi-space-size=2'], 'only what is missing');
   t.same(missingHeapOptions(['--max-semi-space-size-extra=1'], ''), [...HEAP_OPTIONS], 'a longer flag name is not the option');
@@ -38,32 +42,43 @@ function cmdline(pid: number): string[] {
   return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
 }
 
-t.test('node dist/cli.js emulate-himds without the options runs with them, in the same process', { skip: HAS_EXECVE ? false : 'process.execve is not in this Node (before 22.15): it runs on without them' }, async (t) => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-flags-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.NODE_OPTIONS;
-  const child = spawn(process.execPath, [CLI, 'emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', dir], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise((resolve) => child.once('close', resolve));
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
-  });
-  const listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no listening line within 8 s')), 8000);
-    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (!line.includes('HIMDS emulator listening')) return;
-      clearTimeout(timer);
-      resolve(JSON.parse(line) as Record<string, unknown>);
+t.test(
+  'node dist/cli.js emulate-himds without the options runs with them, in the same process',
+  { skip: HAS_EXECVE ? false : 'process.execve is not in this Node (before 22.15): it runs on without them' },
+  async (t) => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-flags-'));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.NODE_OPTIONS;
+    const child = spawn(process.execPath, [CLI, 'emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', dir], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
-  });
-  t.match(listening.url, /^http:\/\/127\.0\.0\.1:\d+$/, 'it serves');
-  const argv = cmdline(child.pid!);
-  t.same(argv.slice(1, 1 + HEAP_OPTIONS.length), [...HEAP_OPTIONS], `the process the spawned PID now runs has the heap options (${argv.join(' ')})`);
-  t.ok(argv.includes(CLI) && argv.includes('emulate-himds'), 'and the same script and arguments');
-  child.kill('SIGTERM');
-  t.equal(await exited, 0, 'and exits 0 on SIGTERM, as before');
-});
+    const exited = new Promise((resolve) => child.once('close', resolve));
+    t.teardown(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    const listening = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no listening line within 8 s')), 8000);
+      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (!line.includes('HIMDS emulator listening')) return;
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as Record<string, unknown>);
+      });
+    });
+    t.match(listening.url, /^http:\/\/127\.0\.0\.1:\d+$/, 'it serves');
+    const argv = cmdline(child.pid!);
+    t.same(
+      argv.slice(1, 1 + HEAP_OPTIONS.length),
+      [...HEAP_OPTIONS],
+      `the process the spawned PID now runs has the heap options (${argv.join(' ')})`,
+    );
+    t.ok(argv.includes(CLI) && argv.includes('emulate-himds'), 'and the same script and arguments');
+    child.kill('SIGTERM');
+    t.equal(await exited, 0, 'and exits 0 on SIGTERM, as before');
+  },
+);
 
 t.test('probe is never re-executed (it runs every 10 s)', async (t) => {
   // A listener that never answers: the probe waits on it, and its command line can be read meanwhile.
@@ -76,7 +91,9 @@ t.test('probe is never re-executed (it runs every 10 s)', async (t) => {
   });
   const connected = new Promise((resolve) => server.once('connection', resolve));
   const port = (server.address() as net.AddressInfo).port;
-  const child = spawn(process.execPath, [CLI, 'probe', '--url', `http://127.0.0.1:${port}/readyz`, '--timeout', '5s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'probe', '--url', `http://127.0.0.1:${port}/readyz`, '--timeout', '5s'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const exited = new Promise((resolve) => child.once('close', resolve));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -85,5 +102,8 @@ t.test('probe is never re-executed (it runs every 10 s)', async (t) => {
   await connected;
   const argv = cmdline(child.pid!);
   t.ok(argv.includes('probe'), `the probe is waiting for its answer (${argv.join(' ')})`);
-  t.notOk(argv.some((a) => a.startsWith('--max-semi-space-size') || a.startsWith('--min-semi-space-size')), 'with no heap options added');
+  t.notOk(
+    argv.some((a) => a.startsWith('--max-semi-space-size') || a.startsWith('--min-semi-space-size')),
+    'with no heap options added',
+  );
 });

@@ -23,12 +23,31 @@ const quiet = createLogger('silent');
 
 /** A relay: the real proxy listening on a unix socket, in front of the given upstream. */
 async function relay(socket: string, upstream: string, tokensDir: string, extra: string[] = []): Promise<RunningProxy> {
-  const { config } = parseServe(['--listen', `unix:${socket}`, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', 'off', ...extra], {});
+  const { config } = parseServe(
+    ['--listen', `unix:${socket}`, '--upstream', upstream, '--tokens-dir', tokensDir, '--admin-listen', 'off', ...extra],
+    {},
+  );
   return startProxy(config, quiet);
 }
 
 async function sidecar(t: Test, socket: string): Promise<{ url: string; proxy: RunningProxy }> {
-  const { config } = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--tokens-dir', '/nonexistent/tokens', '--upstream-timeout', '1s', '--admin-listen', 'off', '--force-refresh-interval', '0'], {});
+  const { config } = parseServe(
+    [
+      '--listen',
+      '127.0.0.1:0',
+      '--upstream',
+      `unix:${socket}`,
+      '--tokens-dir',
+      '/nonexistent/tokens',
+      '--upstream-timeout',
+      '1s',
+      '--admin-listen',
+      'off',
+      '--force-refresh-interval',
+      '0',
+    ],
+    {},
+  );
   const proxy = await startProxy(config, quiet);
   t.teardown(() => proxy.close());
   const bound = proxy.addresses[0]!;
@@ -106,8 +125,11 @@ t.test('socket files: stale ones are replaced, live ones and other files are not
   const replaced = await relay(socket, 'http://127.0.0.1:9', dir);
   t.ok((await stat(socket)).isSocket(), 'the stale socket was replaced');
 
-  const takeover = await relay(socket, 'http://127.0.0.1:9', dir).then(() => undefined, (err: unknown) => err);
-  t.type(takeover, ListenError, 'a live server\'s socket is never taken over');
+  const takeover = await relay(socket, 'http://127.0.0.1:9', dir).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  t.type(takeover, ListenError, "a live server's socket is never taken over");
   t.match((takeover as Error).message, /another server is listening on it; refusing to take it over/);
   t.ok((await stat(socket)).isSocket(), 'and it is left in place');
   await replaced.close();
@@ -118,7 +140,7 @@ t.test('socket files: stale ones are replaced, live ones and other files are not
   t.equal(await readFile(file, 'utf8'), 'precious', 'a regular file is never removed');
 });
 
-t.test('shutdown removes only its own socket, not a successor\'s on the same path', async (t) => {
+t.test("shutdown removes only its own socket, not a successor's on the same path", async (t) => {
   const dir = await tempDir(t);
   const socket = path.join(dir, 'imds.sock');
   const old = await relay(socket, 'http://127.0.0.1:9', dir);
@@ -129,13 +151,13 @@ t.test('shutdown removes only its own socket, not a successor\'s on the same pat
   const theirs = await stat(socket);
   await old.close();
   const after = await stat(socket).catch(() => undefined);
-  t.ok(after?.isSocket(), 'the successor\'s socket is still there');
+  t.ok(after?.isSocket(), "the successor's socket is still there");
   t.equal(after?.ino, theirs.ino, 'the same file');
   await successor.close();
   await t.rejects(stat(socket), { code: 'ENOENT' }, 'and the successor removes its own');
 });
 
-t.test('a relay\'s --allow-resource refusal reaches the client as a final 403, not a retried 5xx', async (t) => {
+t.test("a relay's --allow-resource refusal reaches the client as a final 403, not a retried 5xx", async (t) => {
   const dir = await tempDir(t);
   const himds = await startStack();
   t.teardown(himds.close);
@@ -157,8 +179,13 @@ t.test('socket mode and group', async (t) => {
   t.equal(info.mode & 0o777, 0o600);
   if (process.getuid?.() === 0) t.equal(info.gid, 4242, 'group set (root may give any gid)');
   // Who can connect is decided by the file: a connection from here (root, owner) works.
-  await new Promise<void>((resolve, reject) => net.connect(socket).once('connect', function (this: net.Socket) {
-    this.destroy();
-    resolve();
-  }).once('error', reject));
+  await new Promise<void>((resolve, reject) =>
+    net
+      .connect(socket)
+      .once('connect', function (this: net.Socket) {
+        this.destroy();
+        resolve();
+      })
+      .once('error', reject),
+  );
 });

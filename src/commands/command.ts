@@ -70,4 +70,3 @@ export const EXIT_STATUS: Readonly<Record<string, number>> = {
   netns_failed: 1,
   probe_not_ready: 1,
 };
-

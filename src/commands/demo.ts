@@ -20,7 +20,21 @@ export const demo = defineCommand<DemoConfig>({
     const [{ startDemo }, { createLogger }] = await Promise.all([import('../server/demo.js'), import('../observability/log.js')]);
     // The same defaults as `serve`, from the same option table; only where to listen and what to ask differ.
     const serveConfigFor = (upstream: string, tokensDir: string) =>
-      parseServe(['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--upstream', upstream, '--tokens-dir', tokensDir, '--log-level', config.logLevel], {}).config;
+      parseServe(
+        [
+          '--listen',
+          '127.0.0.1:0',
+          '--admin-listen',
+          '127.0.0.1:0',
+          '--upstream',
+          upstream,
+          '--tokens-dir',
+          tokensDir,
+          '--log-level',
+          config.logLevel,
+        ],
+        {},
+      ).config;
     const running = await startDemo(serveConfigFor, createLogger(config.logLevel));
     process.stdout.write(running.instructions);
     return running;

@@ -3,7 +3,16 @@ import type { EmulatorOptions } from '../emulator/himds.js';
 import { USER_ASSIGNED_MODES } from '../emulator/himds.js';
 import { logLevelOption, type OptionSpec, type Parsed } from '../options/parser.js';
 import { DEFAULT_TOKENS_DIR, type TcpAddress } from '../values/addresses.js';
-import { httpStatus, oneOf, parseDuration, parseTcpAddress, parseTokensDir, positiveDuration, positiveInt, type LogLevel } from '../values/parsers.js';
+import {
+  httpStatus,
+  oneOf,
+  parseDuration,
+  parseTcpAddress,
+  parseTokensDir,
+  positiveDuration,
+  positiveInt,
+  type LogLevel,
+} from '../values/parsers.js';
 import { defineCommand, parseCommand } from './command.js';
 
 /** The emulator's own options, plus where it listens and how it logs. */
@@ -13,24 +22,50 @@ export interface EmulatorConfig extends EmulatorOptions {
 }
 
 export const EMULATOR_OPTIONS: readonly OptionSpec[] = [
-  { flag: 'listen', key: 'listen', value: 'ADDR', default: '127.0.0.1:40342', parse: parseTcpAddress,
-    help: 'HOST:PORT to serve the emulated HIMDS on' },
-  { flag: 'tokens-dir', key: 'tokensDir', value: 'DIR', default: DEFAULT_TOKENS_DIR, parse: parseTokensDir,
-    help: 'where challenge key files are written (created if missing)' },
-  { flag: 'token-lifetime', key: 'tokenLifetimeS', value: 'DURATION', default: '24h', parse: (t) => Math.round(positiveDuration(t) / 1000),
-    help: 'lifetime of issued tokens' },
-  { flag: 'key-ttl', key: 'keyTtlMs', value: 'DURATION', default: '30s', parse: positiveDuration,
-    help: 'an unused key file is deleted after this' },
-  { flag: 'latency', key: 'latencyMs', value: 'DURATION', default: '0', parse: parseDuration,
-    help: 'delay before every answer' },
-  { flag: 'fail-next', key: 'failNext', value: 'N', default: '0', parse: positiveInt,
-    help: 'answer the next N requests with --fail-status' },
-  { flag: 'fail-status', key: 'failStatus', value: 'STATUS', default: '503', parse: httpStatus,
-    help: 'status used by --fail-next' },
-  { flag: 'startup-unavailable', key: 'startupUnavailableMs', value: 'DURATION', default: '0', parse: parseDuration,
-    help: 'answer 503 for this long after start, as HIMDS does after boot' },
-  { flag: 'user-assigned', key: 'userAssigned', value: 'MODE', default: 'echo', parse: oneOf(USER_ASSIGNED_MODES),
-    help: 'user-assigned selectors: echo (new agents), ignore (legacy agents), not-found' },
+  {
+    flag: 'listen',
+    key: 'listen',
+    value: 'ADDR',
+    default: '127.0.0.1:40342',
+    parse: parseTcpAddress,
+    help: 'HOST:PORT to serve the emulated HIMDS on',
+  },
+  {
+    flag: 'tokens-dir',
+    key: 'tokensDir',
+    value: 'DIR',
+    default: DEFAULT_TOKENS_DIR,
+    parse: parseTokensDir,
+    help: 'where challenge key files are written (created if missing)',
+  },
+  {
+    flag: 'token-lifetime',
+    key: 'tokenLifetimeS',
+    value: 'DURATION',
+    default: '24h',
+    parse: (t) => Math.round(positiveDuration(t) / 1000),
+    help: 'lifetime of issued tokens',
+  },
+  { flag: 'key-ttl', key: 'keyTtlMs', value: 'DURATION', default: '30s', parse: positiveDuration, help: 'an unused key file is deleted after this' },
+  { flag: 'latency', key: 'latencyMs', value: 'DURATION', default: '0', parse: parseDuration, help: 'delay before every answer' },
+  { flag: 'fail-next', key: 'failNext', value: 'N', default: '0', parse: positiveInt, help: 'answer the next N requests with --fail-status' },
+  { flag: 'fail-status', key: 'failStatus', value: 'STATUS', default: '503', parse: httpStatus, help: 'status used by --fail-next' },
+  {
+    flag: 'startup-unavailable',
+    key: 'startupUnavailableMs',
+    value: 'DURATION',
+    default: '0',
+    parse: parseDuration,
+    help: 'answer 503 for this long after start, as HIMDS does after boot',
+  },
+  {
+    flag: 'user-assigned',
+    key: 'userAssigned',
+    value: 'MODE',
+    default: 'echo',
+    parse: oneOf(USER_ASSIGNED_MODES),
+    help: 'user-assigned selectors: echo (new agents), ignore (legacy agents), not-found',
+  },
   logLevelOption,
 ];
 

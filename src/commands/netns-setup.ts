@@ -6,8 +6,15 @@ import { ipv4 } from '../values/parsers.js';
 import { defineCommand, parseCommand } from './command.js';
 
 export const NETNS_SETUP_OPTIONS: readonly OptionSpec[] = [
-  { flag: 'address', key: 'addresses', value: 'IPV4', multiple: true, default: IMDS_ADDRESS, parse: ipv4,
-    help: 'address to add to lo as /32; repeatable' },
+  {
+    flag: 'address',
+    key: 'addresses',
+    value: 'IPV4',
+    multiple: true,
+    default: IMDS_ADDRESS,
+    parse: ipv4,
+    help: 'address to add to lo as /32; repeatable',
+  },
   allowHostNetnsOption,
 ];
 

@@ -7,8 +7,14 @@ import { parseListenAddress, positiveDuration, probeUrl } from '../values/parser
 import { defineCommand, parseCommand } from './command.js';
 
 export const PROBE_OPTIONS: readonly OptionSpec[] = [
-  { flag: 'url', key: 'url', value: 'URL', default: `http://${DEFAULT_ADMIN}`, parse: probeUrl,
-    help: 'the admin listener (its /readyz is asked), or a full /readyz URL' },
+  {
+    flag: 'url',
+    key: 'url',
+    value: 'URL',
+    default: `http://${DEFAULT_ADMIN}`,
+    parse: probeUrl,
+    help: 'the admin listener (its /readyz is asked), or a full /readyz URL',
+  },
   { flag: 'timeout', key: 'timeoutMs', value: 'DURATION', default: '3s', parse: positiveDuration, help: 'give up after this' },
 ];
 
@@ -45,7 +51,7 @@ export class NotReady extends Error {
 
 export const probeCommand = defineCommand<ProbeConfig>({
   name: 'probe',
-  summary: 'exit 0 when an admin listener\'s /readyz says ready (for health checks without curl)',
+  summary: "exit 0 when an admin listener's /readyz says ready (for health checks without curl)",
   description: "Exit 0 when the admin listener's /readyz is ready, else 1 with the reason.",
   options: PROBE_OPTIONS,
   check,

@@ -127,8 +127,14 @@ export class HimdsEmulator {
   readonly options: EmulatorOptions;
   readonly faults: Faults;
   readonly #stats: EmulatorStats = {
-    tokenRequests: 0, challenges: 0, tokensIssued: 0, rejectedKeys: 0, metadataRequests: 0, injectedFailures: 0,
-    lastTokenQuery: null, keysOutstanding: 0,
+    tokenRequests: 0,
+    challenges: 0,
+    tokensIssued: 0,
+    rejectedKeys: 0,
+    metadataRequests: 0,
+    injectedFailures: 0,
+    lastTokenQuery: null,
+    keysOutstanding: 0,
   };
   /** Outstanding keys: contents -> file path and its expiry timer. */
   readonly #keys = new Map<string, { file: string; timer: NodeJS.Timeout }>();
@@ -339,7 +345,9 @@ export class HimdsEmulator {
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) return 'expected a JSON object';
     const p = patch as Record<string, unknown>;
     const wholeAtLeast = (k: string, min: number, max = Number.MAX_SAFE_INTEGER) =>
-      p[k] === undefined || (Number.isInteger(p[k]) && (p[k] as number) >= min && (p[k] as number) <= max) ? undefined : `${k} must be a whole number from ${min} to ${max}`;
+      p[k] === undefined || (Number.isInteger(p[k]) && (p[k] as number) >= min && (p[k] as number) <= max)
+        ? undefined
+        : `${k} must be a whole number from ${min} to ${max}`;
     const problem =
       wholeAtLeast('latencyMs', 0, 600_000) ??
       wholeAtLeast('failNext', 0) ??

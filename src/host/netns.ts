@@ -53,7 +53,7 @@ export async function netnsSetup(config: NetnsSetupConfig): Promise<string[]> {
     throw new NetnsSetupError(
       'netns_host_namespace',
       'something answers on 127.0.0.1:40342 (HIMDS): this looks like the host network namespace, where answering ' +
-        '169.254.169.254 makes Arc onboarding fail. Run netns-setup in the application\'s network namespace ' +
+        "169.254.169.254 makes Arc onboarding fail. Run netns-setup in the application's network namespace " +
         '(--allow-host-netns overrides this)',
     );
   }

@@ -36,24 +36,40 @@ interface ErrorEntry {
 /** The api-versions real IMDS lists as newest in its api-version error (docs/protocol.md#2-azure-vm-imds-the-downstream-contract). */
 export const NEWEST_API_VERSIONS = ['2025-04-07', '2024-07-17', '2024-03-15'] as const;
 
-const API_VERSION_MESSAGE =
-  'Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds';
+const API_VERSION_MESSAGE = 'Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds';
 
 export const ERRORS = {
   // --- the gate: the IMDS contract -------------------------------------------------------------------------
-  method_not_allowed: { status: 405, body: { error: 'invalid_request', error_description: 'Method not allowed: IMDS answers GET only' }, cause: 'client' },
-  forwarded_request: { status: 400, body: { error: 'invalid_request', error_description: 'Requests with an X-Forwarded-For header are not accepted' }, cause: 'client' },
+  method_not_allowed: {
+    status: 405,
+    body: { error: 'invalid_request', error_description: 'Method not allowed: IMDS answers GET only' },
+    cause: 'client',
+  },
+  forwarded_request: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: 'Requests with an X-Forwarded-For header are not accepted' },
+    cause: 'client',
+  },
   request_body: { status: 400, body: { error: 'invalid_request', error_description: 'IMDS requests must not carry a body' }, cause: 'client' },
   // Exact body real IMDS sends; SDK probes (DefaultAzureCredential) rely on a fast answer, .NET on its text.
   metadata_header: { status: 400, body: { error: 'invalid_request', error_description: 'Required metadata header not specified' }, cause: 'client' },
   bad_query: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed query string' }, detailed: true, cause: 'client' },
-  duplicate_parameter: { status: 400, body: { error: 'invalid_request', error_description: 'Duplicate query parameter' }, detailed: true, cause: 'client' },
+  duplicate_parameter: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: 'Duplicate query parameter' },
+    detailed: true,
+    cause: 'client',
+  },
   // Exact body real IMDS sends for the instance endpoints.
   api_version: { status: 400, body: { error: API_VERSION_MESSAGE, 'newest-versions': NEWEST_API_VERSIONS }, cause: 'client' },
   // The identity endpoint speaks OAuth-style errors, which MSAL turns into its message.
   token_api_version: { status: 400, body: { error: 'invalid_request', error_description: API_VERSION_MESSAGE }, cause: 'client' },
   // An absolute-form request (a client using the sidecar as its HTTP proxy) for a host that is not IMDS's.
-  proxy_host_refused: { status: 403, body: { error: 'invalid_request', error_description: 'This endpoint answers only for 169.254.169.254; it is not a general HTTP proxy' }, cause: 'client' },
+  proxy_host_refused: {
+    status: 403,
+    body: { error: 'invalid_request', error_description: 'This endpoint answers only for 169.254.169.254; it is not a general HTTP proxy' },
+    cause: 'client',
+  },
   not_found: { status: 404, body: { error: 'not_found', error_description: 'No such IMDS path on this endpoint' }, cause: 'client' },
   // Malformed HTTP, answered on the raw socket before any request exists (server.ts onClientError).
   malformed_http: { status: 400, body: { error: 'invalid_request', error_description: 'Malformed HTTP request' }, cause: 'client' },
@@ -66,29 +82,96 @@ export const ERRORS = {
   throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' }, cause: 'client' },
 
   // --- the token route -------------------------------------------------------------------------------------
-  resource_missing: { status: 400, body: { error: 'invalid_request', error_description: 'Required query variable \'resource\' is missing' }, cause: 'client' },
-  selector_conflict: { status: 400, body: { error: 'invalid_request', error_description: 'Only one of client_id, object_id and msi_res_id may be given' }, cause: 'client' },
-  bad_selector: { status: 400, body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' }, cause: 'client' },
+  resource_missing: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: "Required query variable 'resource' is missing" },
+    cause: 'client',
+  },
+  selector_conflict: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: 'Only one of client_id, object_id and msi_res_id may be given' },
+    cause: 'client',
+  },
+  bad_selector: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: 'Identity selector value is empty or malformed' },
+    cause: 'client',
+  },
   // Same text as IMDS: a 400 that clients treat as "this identity does not exist here".
   identity_not_found: { status: 400, body: { error: 'invalid_request', error_description: 'Identity not found' }, cause: 'client' },
   // --allow-resource: final for the client (not retried), and says why.
-  resource_not_allowed: { status: 403, body: { error: 'invalid_request', error_description: 'This resource is not allowed by the proxy\'s --allow-resource policy' }, cause: 'client' },
+  resource_not_allowed: {
+    status: 403,
+    body: { error: 'invalid_request', error_description: "This resource is not allowed by the proxy's --allow-resource policy" },
+    cause: 'client',
+  },
 
   // --- upstream (HIMDS or a relay) -------------------------------------------------------------------------
-  upstream_unavailable: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is unreachable or did not answer in time; retry later' }, detailed: true, cause: 'upstream', retryAfter: '1' },
-  upstream_throttled: { status: 429, body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' }, cause: 'upstream' },
-  upstream_busy: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is starting or busy; retry later' }, cause: 'upstream', retryAfter: '1' },
-  upstream_error: { status: 500, body: { error: 'upstream_error', error_description: 'The identity service upstream failed; retry later' }, detailed: true, cause: 'upstream', upstreamStatus: true },
-  upstream_rejected: { status: 400, body: { error: 'invalid_request', error_description: 'The identity service upstream rejected the request' }, detailed: true, cause: 'upstream' },
-  upstream_bad_response: { status: 502, body: { error: 'upstream_error', error_description: 'The identity service upstream sent an unusable response; retry later' }, detailed: true, cause: 'upstream' },
+  upstream_unavailable: {
+    status: 503,
+    body: {
+      error: 'temporarily_unavailable',
+      error_description: 'The identity service upstream is unreachable or did not answer in time; retry later',
+    },
+    detailed: true,
+    cause: 'upstream',
+    retryAfter: '1',
+  },
+  upstream_throttled: {
+    status: 429,
+    body: { error: 'invalid_request', error_description: 'Temporarily throttled, too many requests' },
+    cause: 'upstream',
+  },
+  upstream_busy: {
+    status: 503,
+    body: { error: 'temporarily_unavailable', error_description: 'The identity service upstream is starting or busy; retry later' },
+    cause: 'upstream',
+    retryAfter: '1',
+  },
+  upstream_error: {
+    status: 500,
+    body: { error: 'upstream_error', error_description: 'The identity service upstream failed; retry later' },
+    detailed: true,
+    cause: 'upstream',
+    upstreamStatus: true,
+  },
+  upstream_rejected: {
+    status: 400,
+    body: { error: 'invalid_request', error_description: 'The identity service upstream rejected the request' },
+    detailed: true,
+    cause: 'upstream',
+  },
+  upstream_bad_response: {
+    status: 502,
+    body: { error: 'upstream_error', error_description: 'The identity service upstream sent an unusable response; retry later' },
+    detailed: true,
+    cause: 'upstream',
+  },
   // Every token fetch slot and queue place is taken (--upstream-concurrency + --upstream-queue): answered at
   // once rather than queued without bound.
-  upstream_saturated: { status: 503, body: { error: 'temporarily_unavailable', error_description: 'Too many token requests are waiting for the identity service upstream; retry later' }, cause: 'upstream', retryAfter: '1' },
-  challenge_failed: { status: 500, body: { error: 'challenge_failed', error_description: 'Could not answer the HIMDS key-file challenge' }, detailed: true, cause: 'upstream' },
+  upstream_saturated: {
+    status: 503,
+    body: {
+      error: 'temporarily_unavailable',
+      error_description: 'Too many token requests are waiting for the identity service upstream; retry later',
+    },
+    cause: 'upstream',
+    retryAfter: '1',
+  },
+  challenge_failed: {
+    status: 500,
+    body: { error: 'challenge_failed', error_description: 'Could not answer the HIMDS key-file challenge' },
+    detailed: true,
+    cause: 'upstream',
+  },
 
   // --- ourselves -------------------------------------------------------------------------------------------
   // The client went away before its answer was ready: never sent, only counted (nginx's 499).
-  client_closed: { status: 499, body: { error: 'client_closed', error_description: 'The client closed the connection before the answer was ready' }, cause: 'client' },
+  client_closed: {
+    status: 499,
+    body: { error: 'client_closed', error_description: 'The client closed the connection before the answer was ready' },
+    cause: 'client',
+  },
   internal: { status: 500, body: { error: 'internal_error', error_description: 'Internal error; retry later' }, cause: 'internal' },
 } as const satisfies Record<string, ErrorEntry>;
 
@@ -121,13 +204,12 @@ export interface RenderedError {
 }
 
 // Bodies without detail never change: serialise them once.
-const FIXED_BODIES = new Map<ErrorCode, string>(
-  (Object.keys(ERRORS) as ErrorCode[]).map((code) => [code, JSON.stringify(ERRORS[code].body)]),
-);
+const FIXED_BODIES = new Map<ErrorCode, string>((Object.keys(ERRORS) as ErrorCode[]).map((code) => [code, JSON.stringify(ERRORS[code].body)]));
 
 export function renderError(code: ErrorCode, detail?: string, retryAfter?: string, upstreamStatus?: number): RenderedError {
   const entry: ErrorEntry = ERRORS[code];
-  const status = entry.upstreamStatus && upstreamStatus !== undefined && upstreamStatus >= 500 && upstreamStatus <= 599 ? upstreamStatus : entry.status;
+  const status =
+    entry.upstreamStatus && upstreamStatus !== undefined && upstreamStatus >= 500 && upstreamStatus <= 599 ? upstreamStatus : entry.status;
   const wait = retryAfter ?? entry.retryAfter;
   if (detail && entry.detailed) {
     const body = { ...entry.body, error_description: `${entry.body.error_description}: ${detail}` };

@@ -40,7 +40,6 @@ function readTokenRequest(gated: GatedRequest): TokenRequest | ImdsError {
     // Older msal-node sent mi_res_id; HIMDS ignores that spelling and would hand out the machine identity.
     selector = { kind: name === 'mi_res_id' ? 'msi_res_id' : name, value };
   }
-  const forceRefresh =
-    gated.query.get('bypass_cache')?.toLowerCase() === 'true' || (gated.query.get('token_sha256_to_refresh') ?? '') !== '';
+  const forceRefresh = gated.query.get('bypass_cache')?.toLowerCase() === 'true' || (gated.query.get('token_sha256_to_refresh') ?? '') !== '';
   return tokenRequest(resource, selector, forceRefresh);
 }

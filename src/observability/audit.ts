@@ -59,7 +59,14 @@ export class Audit {
 
   #report(tally: Tally, now: number): void {
     this.#log.info(
-      { audit: 'count', client: tally.client, resource: tally.resource, selector: tally.selector, count: tally.count, sinceS: Math.round((now - tally.lastLoggedAt) / 1000) },
+      {
+        audit: 'count',
+        client: tally.client,
+        resource: tally.resource,
+        selector: tally.selector,
+        count: tally.count,
+        sinceS: Math.round((now - tally.lastLoggedAt) / 1000),
+      },
       'tokens served',
     );
     tally.count = 0;
@@ -69,7 +76,14 @@ export class Audit {
   #firstSeen(client: string, request: Pick<TokenRequest, 'resource' | 'selector' | 'subject'>, now: number): void {
     if (this.#tallies.size >= MAX_TRIPLES) this.#evictOldest();
     const selector = request.selector ? `${request.selector.kind}=${request.selector.value}` : 'system';
-    const tally: Tally = { client, subject: request.subject, resource: clip(request.resource)!, selector: clip(selector)!, count: 0, lastLoggedAt: now };
+    const tally: Tally = {
+      client,
+      subject: request.subject,
+      resource: clip(request.resource)!,
+      selector: clip(selector)!,
+      count: 0,
+      lastLoggedAt: now,
+    };
     this.#tallies.add(tally);
     let byClient = this.#bySubject.get(tally.subject);
     if (byClient === undefined) {

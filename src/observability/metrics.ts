@@ -16,7 +16,20 @@ const Gauge = load('prom-client/lib/gauge') as typeof PromClient.Gauge;
 const Histogram = load('prom-client/lib/histogram') as typeof PromClient.Histogram;
 type DefaultMetric = (registry: Registry, config: Record<string, unknown>) => void;
 /** prom-client's default metrics (lib/defaultMetrics.js) but processCpuTotal: same names, same order. */
-const DEFAULT_METRICS = ['processStartTime', 'osMemoryHeap', 'processOpenFileDescriptors', 'processMaxFileDescriptors', 'eventLoopLag', 'processResources', 'processHandles', 'processRequests', 'heapSizeAndUsed', 'heapSpacesSizeAndUsed', 'version', 'gc'];
+const DEFAULT_METRICS = [
+  'processStartTime',
+  'osMemoryHeap',
+  'processOpenFileDescriptors',
+  'processMaxFileDescriptors',
+  'eventLoopLag',
+  'processResources',
+  'processHandles',
+  'processRequests',
+  'heapSizeAndUsed',
+  'heapSpacesSizeAndUsed',
+  'version',
+  'gc',
+];
 
 /** process_cpu_{user,system}_seconds_total and process_cpu_seconds_total, as prom-client names them. */
 function registerCpuMetrics(registry: Registry): void {
@@ -79,7 +92,13 @@ class TallyCounter<K> {
     else this.#series.set(key, { labels: this.labelsOf(key), value: 1 });
   }
   get() {
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: [...this.#series.values()].map((s) => ({ labels: s.labels, value: s.value })) };
+    return {
+      name: this.name,
+      help: this.help,
+      type: this.type,
+      aggregator: this.aggregator,
+      values: [...this.#series.values()].map((s) => ({ labels: s.labels, value: s.value })),
+    };
   }
 }
 

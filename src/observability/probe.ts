@@ -41,6 +41,9 @@ export async function probe(config: ProbeConfig): Promise<{ ok: boolean; message
   } catch (err) {
     const e = err as Error & { code?: string; cause?: { code?: string } };
     const code = e.code ?? e.cause?.code;
-    return { ok: false, message: `no answer from ${config.url}: ${e.name === 'TimeoutError' ? `timed out after ${config.timeoutMs} ms` : (code ?? e.message)}` };
+    return {
+      ok: false,
+      message: `no answer from ${config.url}: ${e.name === 'TimeoutError' ? `timed out after ${config.timeoutMs} ms` : (code ?? e.message)}`,
+    };
   }
 }

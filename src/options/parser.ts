@@ -73,7 +73,12 @@ export function parseOptions(
       texts = fromFlag;
       source = `--${s.flag}`;
     } else if (fromEnv !== undefined && fromEnv !== '') {
-      texts = s.multiple ? fromEnv.split(',').map((x) => x.trim()).filter((x) => x !== '') : [fromEnv];
+      texts = s.multiple
+        ? fromEnv
+            .split(',')
+            .map((x) => x.trim())
+            .filter((x) => x !== '')
+        : [fromEnv];
       source = envName(s.flag);
     } else {
       texts = s.default === undefined ? undefined : [s.default];
@@ -124,15 +129,23 @@ export function helpText(command: string, summary: string, specs: readonly Optio
   return `Usage: arc-imds-proxy ${command} [options]\n\n${summary}\n\nOptions:\n${rows.join('\n')}\n${'  --help'.padEnd(width)}show this help\n`;
 }
 
-
 // Options more than one command has.
 
 export const allowHostNetnsOption: OptionSpec = {
-  flag: 'allow-host-netns', key: 'allowHostNetns', value: '', boolean: true, default: 'false', parse: yesNo,
+  flag: 'allow-host-netns',
+  key: 'allowHostNetns',
+  value: '',
+  boolean: true,
+  default: 'false',
+  parse: yesNo,
   help: `allow answering ${IMDS_ADDRESS} where HIMDS is on loopback (the host network namespace), which breaks Arc onboarding`,
 };
 
 export const logLevelOption: OptionSpec = {
-  flag: 'log-level', key: 'logLevel', value: 'LEVEL', default: 'info', parse: oneOf(LOG_LEVELS),
+  flag: 'log-level',
+  key: 'logLevel',
+  value: 'LEVEL',
+  default: 'info',
+  parse: oneOf(LOG_LEVELS),
   help: `log level: ${LOG_LEVELS.join(', ')}`,
 };

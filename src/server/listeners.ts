@@ -6,7 +6,15 @@ import { unlink } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { renderError } from '../imds/errors.js';
 import { describeAddress, IMDS_ADDRESS, type ListenAddress } from '../values/addresses.js';
-import { applySocketAccess, prepareSocketPath, removeSocket, socketIdentity, SocketPathError, stagingPath, type SocketIdentity } from './unix-socket.js';
+import {
+  applySocketAccess,
+  prepareSocketPath,
+  removeSocket,
+  socketIdentity,
+  SocketPathError,
+  stagingPath,
+  type SocketIdentity,
+} from './unix-socket.js';
 
 // node:http through process.getBuiltinModule, not `import http from 'node:http'`: on Node 24 that import
 // builds an ES module namespace of http's exports, which runs its lazy WebSocket/CloseEvent/MessageEvent
@@ -16,7 +24,7 @@ const { createServer, STATUS_CODES } = process.getBuiltinModule('node:http');
 const JSON_TYPE = 'application/json; charset=utf-8';
 /** Malformed HTTP never reaches the handler; answer it in the IMDS shape too, then close. */
 function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-  if (!socket.writable || (err.code === 'ECONNRESET')) {
+  if (!socket.writable || err.code === 'ECONNRESET') {
     socket.destroy();
     return;
   }

@@ -127,7 +127,13 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
     if (served.result === 'miss' || served.result === 'forced') {
       // Only fetches are logged at info: the cached path stays cheap (the audit counts hits).
       log.info(
-        { client, resource: clip(request.resource), selector: request.selector?.kind ?? 'system', result: served.result, ms: Math.round(performance.now() - started) },
+        {
+          client,
+          resource: clip(request.resource),
+          selector: request.selector?.kind ?? 'system',
+          result: served.result,
+          ms: Math.round(performance.now() - started),
+        },
         'token fetched from upstream',
       );
     }
@@ -202,6 +208,10 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
       return;
     }
     if (typeof outcome === 'number') answered(req, route, outcome, started);
-    else outcome.then((status) => answered(req, route, status, started), (err: unknown) => failed(req, res, route, started, err));
+    else
+      outcome.then(
+        (status) => answered(req, route, status, started),
+        (err: unknown) => failed(req, res, route, started, err),
+      );
   };
 }

@@ -62,7 +62,6 @@ export interface ServeConfig {
   readonly workload: string | undefined;
 }
 
-
 export interface RunningProxy {
   /** The IMDS addresses actually bound (port 0 resolved). */
   readonly addresses: readonly ListenAddress[];
@@ -82,7 +81,7 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     throw new ListenError(
       'host_namespace_refused',
       `refusing to listen on ${IMDS_ADDRESS}: HIMDS answers on 127.0.0.1:40342 here, so this is the host network ` +
-        'namespace, where answering it makes Arc onboarding fail. Run the sidecar in the application\'s network ' +
+        "namespace, where answering it makes Arc onboarding fail. Run the sidecar in the application's network " +
         'namespace (--allow-host-netns overrides this for a private namespace)',
     );
   }
@@ -100,22 +99,34 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     connections: config.upstreamConcurrency,
     metrics,
   });
-  const fetcher = new TokenFetcher(upstream, { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion, metrics, workload: config.workload }, log);
-  tokens = new TokenCache((request, signal) => fetcher.getToken(request, signal), {
-    maxEntries: config.cacheMaxEntries,
-    minRemainingMs: config.minRemainingMs,
-    refreshRatio: config.refreshRatio,
-    refreshBeforeMs: config.refreshBeforeMs,
-    forceRefreshIntervalMs: config.forceRefreshIntervalMs,
-    upstreamConcurrency: config.upstreamConcurrency,
-    upstreamQueue: config.upstreamQueue,
-    fetchTimeoutMs: config.requestTimeoutMs,
-    onRefresh: (ok) => metrics.refreshes.inc({ outcome: ok ? 'success' : 'failure' }),
-  }, log);
-  readiness = new Readiness((signal) => fetcher.checkCanMint(config.readinessResource, signal), {
-    intervalMs: config.readinessIntervalMs,
-    timeoutMs: config.requestTimeoutMs,
-  }, log);
+  const fetcher = new TokenFetcher(
+    upstream,
+    { tokensDir: config.tokensDir, apiVersion: config.himdsApiVersion, metrics, workload: config.workload },
+    log,
+  );
+  tokens = new TokenCache(
+    (request, signal) => fetcher.getToken(request, signal),
+    {
+      maxEntries: config.cacheMaxEntries,
+      minRemainingMs: config.minRemainingMs,
+      refreshRatio: config.refreshRatio,
+      refreshBeforeMs: config.refreshBeforeMs,
+      forceRefreshIntervalMs: config.forceRefreshIntervalMs,
+      upstreamConcurrency: config.upstreamConcurrency,
+      upstreamQueue: config.upstreamQueue,
+      fetchTimeoutMs: config.requestTimeoutMs,
+      onRefresh: (ok) => metrics.refreshes.inc({ outcome: ok ? 'success' : 'failure' }),
+    },
+    log,
+  );
+  readiness = new Readiness(
+    (signal) => fetcher.checkCanMint(config.readinessResource, signal),
+    {
+      intervalMs: config.readinessIntervalMs,
+      timeoutMs: config.requestTimeoutMs,
+    },
+    log,
+  );
   const audit = new Audit(log);
   const draining = { now: false };
   const policy = new ResourcePolicy(config.allowResource);
@@ -138,7 +149,14 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     throw err;
   }
   for (const address of servers.addresses) {
-    log.info({ address: describeAddress(address), upstream: config.upstream.kind === 'unix' ? `unix:${config.upstream.path}` : config.upstream.origin, tokensDir: config.tokensDir }, 'listening');
+    log.info(
+      {
+        address: describeAddress(address),
+        upstream: config.upstream.kind === 'unix' ? `unix:${config.upstream.path}` : config.upstream.origin,
+        tokensDir: config.tokensDir,
+      },
+      'listening',
+    );
   }
   if (admin) log.info({ address: describeAddress(admin.addresses[0]!) }, 'admin listening: /metrics /healthz /readyz');
   // In the background: serving starts at once. Readiness is checked only where it can be seen (the admin

@@ -23,10 +23,10 @@ export async function prepareSocketPath(socketPath: string): Promise<void> {
   });
   if (!existing) return;
   if (!existing.isSocket()) {
-    throw new SocketPathError("the path exists and is not a socket; refusing to replace it");
+    throw new SocketPathError('the path exists and is not a socket; refusing to replace it');
   }
   if (await somethingListens({ path: socketPath })) {
-    throw new SocketPathError("another server is listening on it; refusing to take it over");
+    throw new SocketPathError('another server is listening on it; refusing to take it over');
   }
   await unlink(socketPath); // stale: left by a process that is gone
 }

@@ -108,7 +108,11 @@ function fsFailure(err: unknown, tokensDir: string): ChallengeError {
   switch (code) {
     case 'ENOENT':
     case 'ENOTDIR':
-      return new ChallengeError('missing', `the key file HIMDS named does not exist in ${tokensDir} (keys are single-use and short-lived; is --tokens-dir the directory HIMDS writes to?)`, err);
+      return new ChallengeError(
+        'missing',
+        `the key file HIMDS named does not exist in ${tokensDir} (keys are single-use and short-lived; is --tokens-dir the directory HIMDS writes to?)`,
+        err,
+      );
     case 'EACCES':
     case 'EPERM':
       return new ChallengeError('permission', `permission denied reading key files in ${tokensDir}: run as root or in the himds group`, err);

@@ -123,7 +123,8 @@ export class UpstreamClient {
     if (code === 'ECONNREFUSED') return new UpstreamFailure('refused', `connection refused by ${this.describe}`, cause);
     if (code === 'ENOENT') return new UpstreamFailure('refused', `no socket at ${this.describe} (is the relay running?)`, cause);
     if (code === 'EACCES') return new UpstreamFailure('refused', `permission denied connecting to ${this.describe} (socket mode or group)`, cause);
-    if (err instanceof undiciErrors.ConnectTimeoutError) return new UpstreamFailure('timeout', `could not connect to ${this.describe} in time`, cause);
+    if (err instanceof undiciErrors.ConnectTimeoutError)
+      return new UpstreamFailure('timeout', `could not connect to ${this.describe} in time`, cause);
     if (err instanceof undiciErrors.SocketError || code === 'ECONNRESET' || code === 'EPIPE') {
       return new UpstreamFailure('reset', `connection to ${this.describe} was reset`, cause);
     }

@@ -45,11 +45,7 @@ export class UpstreamFailure extends Error {
   /** For `challenge`. */
   readonly reason: ChallengeFailure | undefined;
 
-  constructor(
-    kind: UpstreamFailureKind,
-    message: string,
-    options: { upstream?: UpstreamStatus; reason?: ChallengeFailure; cause?: unknown } = {},
-  ) {
+  constructor(kind: UpstreamFailureKind, message: string, options: { upstream?: UpstreamStatus; reason?: ChallengeFailure; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'UpstreamFailure';
     this.kind = kind;

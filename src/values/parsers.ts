@@ -121,7 +121,8 @@ export function ratio(text: string): number {
 
 export function resource(text: string): string {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-  if (text === '' || text.length > 2048 || /[\u0000-\u001f\u007f]/.test(text)) throw new Error(`'${text}' is not a resource (e.g. https://management.azure.com/)`);
+  if (text === '' || text.length > 2048 || /[\u0000-\u001f\u007f]/.test(text))
+    throw new Error(`'${text}' is not a resource (e.g. https://management.azure.com/)`);
   return text;
 }
 

@@ -7,8 +7,21 @@
 // that cannot be honoured (a malformed --allow-resource list would silently widen access) deny the pod.
 import { IMDS_ADDRESS } from '../values/addresses.js';
 import {
-  ADMIN_PORT_NAME, ANNOTATION, AUTHORITY_HOST_ENV, INJECT_LABEL, NETNS_SETUP, SIDECAR, SIDECAR_LABEL, SYSCTL, VOLUME,
-  netnsSetupContainer, podChoices, sidecarContainer, sidecarListen, socketVolume, type PodChoices,
+  ADMIN_PORT_NAME,
+  ANNOTATION,
+  AUTHORITY_HOST_ENV,
+  INJECT_LABEL,
+  NETNS_SETUP,
+  SIDECAR,
+  SIDECAR_LABEL,
+  SYSCTL,
+  VOLUME,
+  netnsSetupContainer,
+  podChoices,
+  sidecarContainer,
+  sidecarListen,
+  socketVolume,
+  type PodChoices,
 } from './injection.js';
 import type { InjectionSettings } from './config.js';
 
@@ -44,7 +57,9 @@ export function admit(text: string, settings: InjectionSettings): Answer {
   }
   if (!isObject(review)) return badRequest('the body is not a JSON object; expected an AdmissionReview');
   if (review.kind !== 'AdmissionReview' || review.apiVersion !== API_VERSION) {
-    return badRequest(`expected kind AdmissionReview, apiVersion ${API_VERSION}; got kind ${JSON.stringify(review.kind)}, apiVersion ${JSON.stringify(review.apiVersion)} (set admissionReviewVersions: ["v1"])`);
+    return badRequest(
+      `expected kind AdmissionReview, apiVersion ${API_VERSION}; got kind ${JSON.stringify(review.kind)}, apiVersion ${JSON.stringify(review.apiVersion)} (set admissionReviewVersions: ["v1"])`,
+    );
   }
   const request = review.request;
   if (!isObject(request)) return badRequest('the AdmissionReview has no request');
@@ -62,8 +77,12 @@ export function admit(text: string, settings: InjectionSettings): Answer {
   if (decision.warnings.length > 0) response.warnings = decision.warnings;
   const object = isObject(request.object) ? request.object : {};
   const log = {
-    uid, namespace: request.namespace, pod: object.metadata?.name ?? object.metadata?.generateName, operation: request.operation,
-    outcome: decision.outcome, reason: decision.reason,
+    uid,
+    namespace: request.namespace,
+    pod: object.metadata?.name ?? object.metadata?.generateName,
+    operation: request.operation,
+    outcome: decision.outcome,
+    reason: decision.reason,
   };
   return { status: 200, body: { apiVersion: API_VERSION, kind: 'AdmissionReview', response }, log };
 }
@@ -107,7 +126,11 @@ function decide(request: JsonObject, settings: InjectionSettings): Decision {
     return { allowed: false, outcome: 'denied', reason: 'annotations', warnings: [], message: `arc-imds-proxy: ${problems.join('; ')}` };
   }
   const conflicts = conflictsOf(spec, settings, choices);
-  if (conflicts.length > 0) return decline('conflict', conflicts.map((c) => `arc-imds-proxy: not injected: ${c}`));
+  if (conflicts.length > 0)
+    return decline(
+      'conflict',
+      conflicts.map((c) => `arc-imds-proxy: not injected: ${c}`),
+    );
   return { allowed: true, outcome: 'injected', reason: choices.mode, patch: patchFor(pod, settings, choices), warnings: [] };
 }
 
@@ -115,8 +138,9 @@ function decide(request: JsonObject, settings: InjectionSettings): Decision {
 function injected(spec: JsonObject, settings: InjectionSettings): boolean {
   const sidecar = list(spec.initContainers).find((c) => c.name === SIDECAR);
   const volume = list(spec.volumes).find((v) => v.name === VOLUME);
-  return sidecar?.restartPolicy === 'Always' && Array.isArray(sidecar.args) && sidecar.args[0] === 'serve'
-    && volume?.hostPath?.path === settings.socketDir;
+  return (
+    sidecar?.restartPolicy === 'Always' && Array.isArray(sidecar.args) && sidecar.args[0] === 'serve' && volume?.hostPath?.path === settings.socketDir
+  );
 }
 
 function conflictsOf(spec: JsonObject, settings: InjectionSettings, choices: PodChoices): string[] {
@@ -138,7 +162,8 @@ function conflictsOf(spec: JsonObject, settings: InjectionSettings, choices: Pod
   }
   if (choices.mode === 'link-local') {
     const sysctl = list(spec.securityContext?.sysctls).find((s) => s.name === SYSCTL.name);
-    if (sysctl && sysctl.value !== SYSCTL.value) out.push(`the pod sets ${SYSCTL.name}=${sysctl.value}; the sidecar needs ${SYSCTL.value} to bind port 80`);
+    if (sysctl && sysctl.value !== SYSCTL.value)
+      out.push(`the pod sets ${SYSCTL.name}=${sysctl.value}; the sidecar needs ${SYSCTL.value} to bind port 80`);
   } else {
     for (const c of all) {
       if (list(c.env).some((e) => e.name === AUTHORITY_HOST_ENV)) out.push(`container ${c.name} sets ${AUTHORITY_HOST_ENV} already`);
@@ -155,8 +180,7 @@ function patchFor(pod: JsonObject, settings: InjectionSettings, choices: PodChoi
   // First among the init containers: the application's own init containers get IMDS too.
   if (Array.isArray(spec.initContainers)) {
     for (const [i, c] of ours.entries()) ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c });
-  }
-  else ops.push({ op: 'add', path: '/spec/initContainers', value: ours });
+  } else ops.push({ op: 'add', path: '/spec/initContainers', value: ours });
 
   if (Array.isArray(spec.volumes)) ops.push({ op: 'add', path: '/spec/volumes/-', value: socketVolume(settings) });
   else ops.push({ op: 'add', path: '/spec/volumes', value: [socketVolume(settings)] });

@@ -32,4 +32,3 @@ export interface WebhookConfig extends InjectionSettings {
   readonly maxRequestBytes: number;
   readonly logLevel: LogLevel;
 }
-

@@ -72,8 +72,10 @@ export function podChoices(annotations: Record<string, unknown>, settings: Injec
   const requests: Record<string, string> = { cpu: settings.sidecarCpuRequest, memory: settings.sidecarMemoryRequest };
   const limits: Record<string, string> = { memory: settings.sidecarMemoryLimit };
   const quantities: [string, Record<string, string>, string][] = [
-    [ANNOTATION.cpuRequest, requests, 'cpu'], [ANNOTATION.memoryRequest, requests, 'memory'],
-    [ANNOTATION.cpuLimit, limits, 'cpu'], [ANNOTATION.memoryLimit, limits, 'memory'],
+    [ANNOTATION.cpuRequest, requests, 'cpu'],
+    [ANNOTATION.memoryRequest, requests, 'memory'],
+    [ANNOTATION.cpuLimit, limits, 'cpu'],
+    [ANNOTATION.memoryLimit, limits, 'memory'],
   ];
   for (const [name, target, key] of quantities) {
     const value = text(name);
@@ -122,8 +124,15 @@ export function netnsSetupContainer(settings: InjectionSettings): Record<string,
 
 /** The native sidecar: serves IMDS in the pod through the node's relay. */
 export function sidecarContainer(settings: InjectionSettings, choices: PodChoices): Record<string, unknown> {
-  const args = ['serve', '--listen', sidecarListen(settings, choices.mode), '--upstream', `unix:${socketOf(settings)}`,
-    '--admin-listen', `0.0.0.0:${settings.adminPort}`];
+  const args = [
+    'serve',
+    '--listen',
+    sidecarListen(settings, choices.mode),
+    '--upstream',
+    `unix:${socketOf(settings)}`,
+    '--admin-listen',
+    `0.0.0.0:${settings.adminPort}`,
+  ];
   for (const r of choices.allowResource) args.push('--allow-resource', r);
   return {
     name: SIDECAR,

@@ -122,24 +122,31 @@ export async function startWebhook(config: WebhookConfig, log: Logger): Promise<
   const port = (server.address() as { port: number }).port;
   const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
 
-  const reloader: Reloader = reloadOnChange(files, initial, config.tlsReloadIntervalMs, (pair) => {
-    server.setSecureContext({ cert: pair.cert, key: pair.key, minVersion: 'TLSv1.2' });
-    log.info({ certificate: pair.describe }, 'serving certificate reloaded');
-  }, (message) => log.warn({ problem: message }, 'serving certificate not reloaded; keeping the previous one'));
+  const reloader: Reloader = reloadOnChange(
+    files,
+    initial,
+    config.tlsReloadIntervalMs,
+    (pair) => {
+      server.setSecureContext({ cert: pair.cert, key: pair.key, minVersion: 'TLSv1.2' });
+      log.info({ certificate: pair.describe }, 'serving certificate reloaded');
+    },
+    (message) => log.warn({ problem: message }, 'serving certificate not reloaded; keeping the previous one'),
+  );
 
   log.info({ url: `https://${host}:${port}`, certificate: initial.describe }, 'admission webhook listening');
   return {
     url: `https://${host}:${port}`,
     port,
     reloadCertificate: () => reloader.check(),
-    close: () => new Promise<void>((resolve) => {
-      reloader.stop();
-      server.close(() => resolve());
-      server.closeIdleConnections();
-      // In-flight answers are quick (no I/O); whatever is left after a moment is cut.
-      setTimeout(() => {
-        for (const s of sockets) s.destroy();
-      }, 2000).unref();
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        reloader.stop();
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        // In-flight answers are quick (no I/O); whatever is left after a moment is cut.
+        setTimeout(() => {
+          for (const s of sockets) s.destroy();
+        }, 2000).unref();
+      }),
   };
 }

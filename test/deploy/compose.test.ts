@@ -7,8 +7,21 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import {
   cliArgs,
-  COMPOSE_FILES, ROOT, composeEnv, composeList, composeRunsOurImage, flagValue, invocationProblems, parseDockerfile,
-  lastOf, execForm, portOf, read, rel, splitCommand, yamlDocument,
+  COMPOSE_FILES,
+  ROOT,
+  composeEnv,
+  composeList,
+  composeRunsOurImage,
+  flagValue,
+  invocationProblems,
+  parseDockerfile,
+  lastOf,
+  execForm,
+  portOf,
+  read,
+  rel,
+  splitCommand,
+  yamlDocument,
 } from '../fixtures/deploy.js';
 
 const run = promisify(execFile);
@@ -19,8 +32,14 @@ const runtime = parseDockerfile(read('Dockerfile')).stages.at(-1)!;
 const ENTRYPOINT = execForm(lastOf(runtime, 'ENTRYPOINT')!.args, 'ENTRYPOINT');
 const CMD = execForm(lastOf(runtime, 'CMD')!.args, 'CMD');
 
-t.ok(COMPOSE_FILES.some((f) => f.endsWith('docker-compose.yml')), 'deploy/compose/docker-compose.yml exists');
-t.ok(COMPOSE_FILES.some((f) => f.endsWith('docker-compose.dev.yml')), 'deploy/compose/docker-compose.dev.yml exists');
+t.ok(
+  COMPOSE_FILES.some((f) => f.endsWith('docker-compose.yml')),
+  'deploy/compose/docker-compose.yml exists',
+);
+t.ok(
+  COMPOSE_FILES.some((f) => f.endsWith('docker-compose.dev.yml')),
+  'deploy/compose/docker-compose.dev.yml exists',
+);
 
 t.test('dclint: no errors and no warnings', async (t) => {
   for (const file of COMPOSE_FILES) {
@@ -34,14 +53,21 @@ t.test('dclint: no errors and no warnings', async (t) => {
     } catch {
       messages = [{ rule: 'output', message: result.stdout, line: 0 }];
     }
-    t.same(messages.map((m) => `${m.line}: ${m.rule}: ${m.message}`), [], `${rel(file)}: nothing reported`);
+    t.same(
+      messages.map((m) => `${m.line}: ${m.rule}: ${m.message}`),
+      [],
+      `${rel(file)}: nothing reported`,
+    );
     t.equal(result.code, 0, `${rel(file)}: dclint exits 0`);
   }
 });
 
 t.test('dclint fails on a broken file (the check above can fail)', async (t) => {
   const bad = path.join(ROOT, 'test', 'deploy', 'fixtures', 'bad-compose.yml');
-  const r = await run(DCLINT, [bad, '--formatter', 'json', '--max-warnings', '0'], { cwd: ROOT }).then(() => 0, (err: { code?: number }) => err.code);
+  const r = await run(DCLINT, [bad, '--formatter', 'json', '--max-warnings', '0'], { cwd: ROOT }).then(
+    () => 0,
+    (err: { code?: number }) => err.code,
+  );
   t.not(r, 0, 'a service with an unknown key and an untagged image is reported');
 });
 
@@ -80,7 +106,12 @@ for (const file of COMPOSE_FILES) {
     (s.svc.volumes ?? []).map((v: any) => {
       if (typeof v === 'string') {
         const [source, target, mode] = v.split(':');
-        return { source: source!, target: target!, readOnly: (mode ?? '').split(',').includes('ro'), type: source!.startsWith('/') || source!.startsWith('.') ? 'bind' : 'volume' };
+        return {
+          source: source!,
+          target: target!,
+          readOnly: (mode ?? '').split(',').includes('ro'),
+          type: source!.startsWith('/') || source!.startsWith('.') ? 'bind' : 'volume',
+        };
       }
       return { source: v.source, target: v.target, readOnly: v.read_only === true, type: v.type };
     });
@@ -121,8 +152,16 @@ for (const file of COMPOSE_FILES) {
       done.add(name);
       return ok;
     };
-    t.ok(services.every((s) => visit(s.name)), 'no cycle in depends_on and network_mode');
-    for (const s of services) for (const dep of Object.keys(dependsOn(s))) t.ok(services.some((x) => x.name === dep), `${s.name} depends on ${dep}, which exists`);
+    t.ok(
+      services.every((s) => visit(s.name)),
+      'no cycle in depends_on and network_mode',
+    );
+    for (const s of services)
+      for (const dep of Object.keys(dependsOn(s)))
+        t.ok(
+          services.some((x) => x.name === dep),
+          `${s.name} depends on ${dep}, which exists`,
+        );
   });
 
   t.test(`${rel(file)}: capabilities, users, filesystems`, async (t) => {
@@ -155,14 +194,18 @@ for (const file of COMPOSE_FILES) {
     const relayRun = mounts(relay).find((m) => socket.startsWith(`${m.target}/`));
     const sidecarRun = mounts(sidecar).find((m) => socket.startsWith(`${m.target}/`));
     t.ok(relayRun && !relayRun.readOnly, "the relay's socket directory is a writable mount");
-    t.ok(sidecarRun?.readOnly, "the sidecar mounts it read-only (connecting needs no write access)");
+    t.ok(sidecarRun?.readOnly, 'the sidecar mounts it read-only (connecting needs no write access)');
     t.equal(sidecarRun?.source, relayRun?.source, 'the same volume');
     t.equal(sidecarRun?.target, relayRun?.target, 'at the same path');
     t.equal(relayRun?.type, 'volume', 'a named volume, declared at the top level');
     t.ok(relayRun && compose.volumes && relayRun.source in compose.volumes, `volume ${relayRun?.source} is declared`);
     t.equal(flagValue(relayArgs, 'socket-mode') ?? '0660', '0660', 'socket mode 0660: owner and group only');
-    t.equal(String(relay.svc.user).split(':')[0], String(sidecar.svc.user).split(':')[0], 'the sidecar runs as the socket\'s owner');
-    t.same(mounts(sidecar).filter((m) => m.target === tokensDir), [], 'the sidecar has no access to key files');
+    t.equal(String(relay.svc.user).split(':')[0], String(sidecar.svc.user).split(':')[0], "the sidecar runs as the socket's owner");
+    t.same(
+      mounts(sidecar).filter((m) => m.target === tokensDir),
+      [],
+      'the sidecar has no access to key files',
+    );
     if (relay.svc.network_mode === 'host') {
       t.equal(tokens?.type, 'bind', "on an Arc host: the host's tokens directory, bound");
       t.equal(tokens?.source, TOKENS_DIR, `from ${TOKENS_DIR}`);
@@ -177,7 +220,11 @@ for (const file of COMPOSE_FILES) {
   t.test(`${rel(file)}: command lines, variables and health checks match the CLI`, async (t) => {
     for (const s of ours) {
       const env = composeEnv(s.svc);
-      t.same(invocationProblems(args(s), env), [], `${s.name}: ${args(s).join(' ')}${Object.keys(env).length ? ` (${Object.keys(env).join(', ')})` : ''}`);
+      t.same(
+        invocationProblems(args(s), env),
+        [],
+        `${s.name}: ${args(s).join(' ')}${Object.keys(env).length ? ` (${Object.keys(env).join(', ')})` : ''}`,
+      );
       t.notOk(s.svc.entrypoint, `${s.name}: the image's ENTRYPOINT is used`);
       const test: string[] | undefined = s.svc.healthcheck?.test;
       if (test === undefined) continue;
@@ -200,10 +247,19 @@ for (const file of COMPOSE_FILES) {
       t.equal(flagValue(args(sidecar), 'listen'), `${IMDS}:80`, `the sidecar listens on ${IMDS}:80`);
       t.notOk(args(sidecar).includes('--allow-host-netns'), 'without --allow-host-netns');
     }
-    if (netnsSetup) t.same(args(netnsSetup).filter((a) => a.startsWith('--')), ['--address'], 'netns-setup: --address only');
+    if (netnsSetup)
+      t.same(
+        args(netnsSetup).filter((a) => a.startsWith('--')),
+        ['--address'],
+        'netns-setup: --address only',
+      );
     if (app) {
       const command = JSON.stringify(app.svc.command);
-      t.match(command, new RegExp(`http://${IMDS.replaceAll('.', '\\.')}/metadata/identity/oauth2/token\\?api-version=`), 'the app asks IMDS for a token');
+      t.match(
+        command,
+        new RegExp(`http://${IMDS.replaceAll('.', '\\.')}/metadata/identity/oauth2/token\\?api-version=`),
+        'the app asks IMDS for a token',
+      );
       t.match(command, /-H 'Metadata: true'/, 'with Metadata: true');
     }
   });

@@ -24,9 +24,30 @@ import { PROBE_OPTIONS } from '../../src/commands/probe.js';
 import { SERVE_OPTIONS } from '../../src/commands/serve.js';
 import { HEAP_OPTIONS } from '../../src/node-flags.js';
 import {
-  COMPOSE_DIR, IMAGE_CLI, ROOT, cliArgs, composeEnv, composeList, composeRunsOurImage, dockerignorePatterns, dockerignored, execForm,
-  flagValue, invocationProblems, kubectlKustomize, kubectlPath, lastOf, objectKey, parseDockerfile, parseHealthcheck,
-  read, renderKustomization, splitCommand, stageEnv, yamlDocument, composition,
+  COMPOSE_DIR,
+  IMAGE_CLI,
+  ROOT,
+  cliArgs,
+  composeEnv,
+  composeList,
+  composeRunsOurImage,
+  dockerignorePatterns,
+  dockerignored,
+  execForm,
+  flagValue,
+  invocationProblems,
+  kubectlKustomize,
+  kubectlPath,
+  lastOf,
+  objectKey,
+  parseDockerfile,
+  parseHealthcheck,
+  read,
+  renderKustomization,
+  splitCommand,
+  stageEnv,
+  yamlDocument,
+  composition,
 } from '../fixtures/deploy.js';
 
 const dockerfile = parseDockerfile(read('Dockerfile'));
@@ -40,7 +61,8 @@ const IMDS = '169.254.169.254';
 t.test('Dockerfile: multi-stage build, production dependencies only, Node 24 runtime', async (t) => {
   const names = dockerfile.stages.map((s) => s.name);
   t.ok(dockerfile.stages.length >= 3, `build, deps and runtime stages (${names.join(', ')})`);
-  for (const stage of dockerfile.stages) t.match(stage.image, /^node:24(\.\d+\.\d+)?-slim$/, `stage ${stage.name}: Node 24 LTS, slim (${stage.image})`);
+  for (const stage of dockerfile.stages)
+    t.match(stage.image, /^node:24(\.\d+\.\d+)?-slim$/, `stage ${stage.name}: Node 24 LTS, slim (${stage.image})`);
   const runs = (stage: (typeof dockerfile.stages)[number]) => stage.instructions.filter((i) => i.keyword === 'RUN').map((i) => i.args);
 
   const build = dockerfile.stages.find((s) => runs(s).some((r) => /\bnpm run build\b/.test(r)));
@@ -53,20 +75,42 @@ t.test('Dockerfile: multi-stage build, production dependencies only, Node 24 run
   t.not(deps, build, 'in a stage of its own, so no dev dependency reaches the runtime');
 
   const copies = runtime.instructions.filter((i) => i.keyword === 'COPY').map((i) => i.args);
-  t.ok(copies.some((c) => c === `--from=${deps?.name} /app/node_modules ./node_modules`), 'runtime: node_modules from the deps stage');
-  t.ok(copies.some((c) => c.startsWith(`--from=${build?.name} `) && / \.\/dist$/.test(c)), 'runtime: dist/ from the build stage');
-  t.ok(copies.some((c) => /^package\.json \.\/?$/.test(c)), 'runtime: package.json (dist/version.js reads ../package.json)');
+  t.ok(
+    copies.some((c) => c === `--from=${deps?.name} /app/node_modules ./node_modules`),
+    'runtime: node_modules from the deps stage',
+  );
+  t.ok(
+    copies.some((c) => c.startsWith(`--from=${build?.name} `) && / \.\/dist$/.test(c)),
+    'runtime: dist/ from the build stage',
+  );
+  t.ok(
+    copies.some((c) => /^package\.json \.\/?$/.test(c)),
+    'runtime: package.json (dist/version.js reads ../package.json)',
+  );
   t.equal(lastOf(runtime, 'WORKDIR')?.args, '/app', 'runtime WORKDIR /app, where ENTRYPOINT finds dist/cli.js');
-  t.notOk(runs(runtime).some((r) => /(^|&&|;)\s*(npm|npx|corepack)\s/.test(r)), 'the runtime stage never runs npm');
+  t.notOk(
+    runs(runtime).some((r) => /(^|&&|;)\s*(npm|npx|corepack)\s/.test(r)),
+    'the runtime stage never runs npm',
+  );
   const removal = runs(runtime).find((r) => /rm -rf \/usr\/local\/lib\/node_modules\/npm/.test(r)) ?? '';
-  for (const gone of ['/usr/local/lib/node_modules/npm', '/usr/local/lib/node_modules/corepack', '/usr/local/bin/npm', '/usr/local/bin/npx', '/usr/local/bin/corepack']) {
+  for (const gone of [
+    '/usr/local/lib/node_modules/npm',
+    '/usr/local/lib/node_modules/corepack',
+    '/usr/local/bin/npm',
+    '/usr/local/bin/npx',
+    '/usr/local/bin/corepack',
+  ]) {
     t.ok(removal.split(/\s+/).includes(gone), `the runtime carries only what runs: ${gone} removed`);
   }
   const apt = runs(runtime).find((r) => /apt-get install/.test(r)) ?? '';
   t.match(apt, /apt-get install -y --no-install-recommends iproute2/, 'iproute2 for netns-setup (ip)');
   t.match(apt, /rm -rf \/var\/lib\/apt\/lists/, 'apt lists removed in the same layer');
   for (const dir of ['/run/arc-imds', '/var/opt/azcmagent/tokens']) {
-    t.match(apt, new RegExp(`chown 65532:65532 [^&]*${dir.replaceAll('/', '\\/')}`), `${dir} exists, owned by the runtime user (named volumes are seeded from it)`);
+    t.match(
+      apt,
+      new RegExp(`chown 65532:65532 [^&]*${dir.replaceAll('/', '\\/')}`),
+      `${dir} exists, owned by the runtime user (named volumes are seeded from it)`,
+    );
   }
 });
 
@@ -77,8 +121,12 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   t.equal(ENTRYPOINT[0], 'node', 'ENTRYPOINT runs node itself (exec form: node is PID 1 and gets SIGTERM)');
   t.equal(ENTRYPOINT.at(-1), IMAGE_CLI, `...on ${IMAGE_CLI}`);
   const nodeOptions = ENTRYPOINT.slice(1, -1);
-  t.same(nodeOptions, [...HEAP_OPTIONS], 'with the entry point\'s heap options: a fixed 2 MB young generation (docs/performance.md)');
-  t.equal(read('src/cli.ts').split('\n')[0], `#!/usr/bin/env -S node ${HEAP_OPTIONS.join(' ')}`, 'the bin (dist/cli.js) starts node with the same options');
+  t.same(nodeOptions, [...HEAP_OPTIONS], "with the entry point's heap options: a fixed 2 MB young generation (docs/performance.md)");
+  t.equal(
+    read('src/cli.ts').split('\n')[0],
+    `#!/usr/bin/env -S node ${HEAP_OPTIONS.join(' ')}`,
+    'the bin (dist/cli.js) starts node with the same options',
+  );
   const pkg = JSON.parse(read('package.json'));
   t.equal(pkg.scripts.start, `node ${nodeOptions.join(' ')} dist/cli.js serve`, 'npm start runs node as the image does');
   t.equal(IMAGE_ENV.NODE_ENV, 'production');
@@ -109,12 +157,21 @@ t.test('.dockerignore lets in exactly what the build copies', async (t) => {
     const probe = source === 'src' ? 'src/cli.ts' : source;
     t.notOk(dockerignored(patterns, probe), `${source} reaches the build context`);
   }
-  for (const kept of ['node_modules/undici/index.js', 'dist/cli.js', '.git/HEAD', '.tap/x', 'test/cli.test.ts', 'deploy/compose/.env', 'coverage/x', '.env']) {
+  for (const kept of [
+    'node_modules/undici/index.js',
+    'dist/cli.js',
+    '.git/HEAD',
+    '.tap/x',
+    'test/cli.test.ts',
+    'deploy/compose/.env',
+    'coverage/x',
+    '.env',
+  ]) {
     t.ok(dockerignored(patterns, kept), `${kept} stays out`);
   }
 });
 
-t.test('CI runs the whole suite on the runtime image\'s Node version', async (t) => {
+t.test("CI runs the whole suite on the runtime image's Node version", async (t) => {
   const ci = read('.ci/run');
   const pinned = /^NODE24_VERSION=(\d+\.\d+\.\d+)$/m.exec(ci)?.[1];
   t.ok(pinned, `.ci/run pins a Node version (${pinned})`);
@@ -135,10 +192,13 @@ class Namespace {
     let local = this.#ports.get(p);
     if (!local) {
       local = new Promise<number>((resolve, reject) => {
-        const server = net.createServer().listen(0, '127.0.0.1', () => {
-          const { port } = server.address() as net.AddressInfo;
-          server.close(() => resolve(port));
-        }).once('error', reject);
+        const server = net
+          .createServer()
+          .listen(0, '127.0.0.1', () => {
+            const { port } = server.address() as net.AddressInfo;
+            server.close(() => resolve(port));
+          })
+          .once('error', reject);
       });
       this.#ports.set(p, local);
     }
@@ -225,9 +285,12 @@ const readOnlyUnavailable = ((): string | undefined => {
 // In a private mount namespace (nothing propagates back): each writable directory becomes a mount of its own,
 // then / is remounted read-only, then the command runs (same PID: unshare and sh exec).
 const READ_ONLY_ROOT = [
-  'set -e', 'mount --make-rprivate /',
-  'while [ "$1" != "--" ]; do mount --bind "$1" "$1"; shift; done', 'shift',
-  'mount -o remount,bind,ro /', 'exec "$@"',
+  'set -e',
+  'mount --make-rprivate /',
+  'while [ "$1" != "--" ]; do mount --bind "$1" "$1"; shift; done',
+  'shift',
+  'mount -o remount,bind,ro /',
+  'exec "$@"',
 ].join('\n');
 
 /** argv, run with a read-only root filesystem where only `writable` (and tap's .tap/) can be written. */
@@ -262,7 +325,13 @@ function launch(t: Test, command: readonly string[], env: Record<string, string>
   return { child, exited, output: () => out };
 }
 
-async function runToEnd(t: Test, argv: readonly string[], env: Record<string, string>, writable?: readonly string[], timeoutMs = 10_000): Promise<{ code: number | null; output: string }> {
+async function runToEnd(
+  t: Test,
+  argv: readonly string[],
+  env: Record<string, string>,
+  writable?: readonly string[],
+  timeoutMs = 10_000,
+): Promise<{ code: number | null; output: string }> {
   const r = launch(t, argv, env, writable);
   const timer = setTimeout(() => r.child.kill('SIGKILL'), timeoutMs);
   const code = await r.exited;
@@ -272,10 +341,15 @@ async function runToEnd(t: Test, argv: readonly string[], env: Record<string, st
 
 function httpGet(url: string, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
-    http.get(url, { headers, agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-    }).once('error', reject);
+    http
+      .get(url, { headers, agent: false }, (res) => {
+        let text = '';
+        res
+          .setEncoding('utf8')
+          .on('data', (d: string) => (text += d))
+          .on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      })
+      .once('error', reject);
   });
 }
 
@@ -356,7 +430,13 @@ function composeHealthcheck(service: any): string[] {
   return list.slice(1);
 }
 
-async function healthy(argv: readonly string[], env: Record<string, string>, s: Scene, where: Namespace, writable?: readonly string[]): Promise<true | string> {
+async function healthy(
+  argv: readonly string[],
+  env: Record<string, string>,
+  s: Scene,
+  where: Namespace,
+  writable?: readonly string[],
+): Promise<true | string> {
   const local = readOnlyRoot(await localizeAll(argv, s, where), writable);
   const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
     const child = spawn(local[0]!, local.slice(1), { env: cleanEnv(env), cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -377,14 +457,26 @@ async function healthy(argv: readonly string[], env: Record<string, string>, s: 
  * or its default, with /readyz for a base URL, as src/config.ts does), because every run of the probe
  * command is a Node start.
  */
-async function untilHealthy(what: string, check: readonly string[], env: Record<string, string>, s: Scene, where: Namespace, running: readonly Running[], writable?: readonly string[]): Promise<true | string> {
+async function untilHealthy(
+  what: string,
+  check: readonly string[],
+  env: Record<string, string>,
+  s: Scene,
+  where: Namespace,
+  running: readonly Running[],
+  writable?: readonly string[],
+): Promise<true | string> {
   const given = flagValue(cliArgs(check)!, 'url') ?? env.ARC_IMDS_URL ?? PROBE_OPTIONS.find((o) => o.flag === 'url')!.default!;
   const url = new URL(await localize(given, s, where));
   if (url.pathname === '/' || url.pathname === '') url.pathname = '/readyz';
-  await until(what, async () => {
-    const r = await httpGet(url.toString());
-    return r.status === 200 ? true : `${r.status} ${r.text}`;
-  }, running);
+  await until(
+    what,
+    async () => {
+      const r = await httpGet(url.toString());
+      return r.status === 200 ? true : `${r.status} ${r.text}`;
+    },
+    running,
+  );
   return healthy(check, env, s, where, writable);
 }
 
@@ -405,7 +497,9 @@ function roles(compose: any, file: string) {
   const emulator = byCommand((a) => args(a).command === 'emulate-himds');
   const relay = byCommand((a) => args(a).command === 'serve' && /^unix:/.test(flagValue(a, 'listen') ?? ''));
   const sidecar = byCommand((a) => args(a).command === 'serve' && /^unix:/.test(flagValue(a, 'upstream') ?? ''));
-  const app = Object.entries<any>(compose.services).find(([, svc]) => !composeRunsOurImage(svc, file) && JSON.stringify(svc.command ?? '').includes(`http://${IMDS}/`));
+  const app = Object.entries<any>(compose.services).find(
+    ([, svc]) => !composeRunsOurImage(svc, file) && JSON.stringify(svc.command ?? '').includes(`http://${IMDS}/`),
+  );
   return { emulator, relay, sidecar, app };
 }
 
@@ -457,8 +551,11 @@ t.test('compose (development): the emulator, the relay, the sidecar and the app,
     procs.push(launch(t, await localizeAll(argv, s, where(name)), env, writable));
     const check = composeHealthcheck(svc);
     const probeEnv = await probeEnvFor(check, s, where(name));
-    t.equal(await untilHealthy(`${name} healthy`, check, probeEnv, s, where(name), procs, writable), true,
-      `${name}: its healthcheck (${check.join(' ')}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`);
+    t.equal(
+      await untilHealthy(`${name} healthy`, check, probeEnv, s, where(name), procs, writable),
+      true,
+      `${name}: its healthcheck (${check.join(' ')}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`,
+    );
   }
   await assertToken(t, s, where(app[0]), JSON.stringify(app[1].command), 'development');
 
@@ -466,9 +563,16 @@ t.test('compose (development): the emulator, the relay, the sidecar and the app,
     for (const [name, svc] of [relay, sidecar]) {
       const admin = flagValue(cliArgs(composeArgv(svc))!, 'admin-listen');
       const probeEnv = await probeEnvFor(HEALTHCHECK.command, s, where(name));
-      t.equal(new URL(probeEnv.ARC_IMDS_URL!).port, String(await where(name).port(Number(admin?.split(':')[1] ?? 0))),
-        `${name}: its --admin-listen ${admin} is the HEALTHCHECK's default address`);
-      t.equal(await healthy(HEALTHCHECK.command, probeEnv, s, where(name), await composeWritable(svc, s, where(name))), true, `${name}: ${HEALTHCHECK.command.join(' ')} exits 0`);
+      t.equal(
+        new URL(probeEnv.ARC_IMDS_URL!).port,
+        String(await where(name).port(Number(admin?.split(':')[1] ?? 0))),
+        `${name}: its --admin-listen ${admin} is the HEALTHCHECK's default address`,
+      );
+      t.equal(
+        await healthy(HEALTHCHECK.command, probeEnv, s, where(name), await composeWritable(svc, s, where(name))),
+        true,
+        `${name}: ${HEALTHCHECK.command.join(' ')} exits 0`,
+      );
     }
     const nobody = ns(s, 'nothing-listens-here');
     const r = await healthy(HEALTHCHECK.command, await probeEnvFor(HEALTHCHECK.command, s, nobody), s, nobody);
@@ -483,7 +587,9 @@ t.test('compose (Arc host): the relay and the sidecar command lines, with the em
   const s = await scene(t);
   const host = ns(s, composeNamespace(prodCompose, relay[0]));
   t.equal(host.name, 'host', 'the relay runs in the host network namespace');
-  const procs = [launch(t, await localizeAll(composeArgv(emulator[1]), s, host), composeEnv(emulator[1]), await composeWritable(emulator[1], s, host))];
+  const procs = [
+    launch(t, await localizeAll(composeArgv(emulator[1]), s, host), composeEnv(emulator[1]), await composeWritable(emulator[1], s, host)),
+  ];
   await untilHealthy('emulator', composeHealthcheck(emulator[1]), {}, s, host, procs);
 
   for (const [name, svc] of [relay, sidecar]) {
@@ -493,8 +599,11 @@ t.test('compose (Arc host): the relay and the sidecar command lines, with the em
     t.same(invocationProblems(cliArgs(argv)!, composeEnv(svc)), [], `${name}: ${argv.join(' ')}`);
     procs.push(launch(t, await localizeAll(argv, s, where), composeEnv(svc), writable));
     const check = composeHealthcheck(svc);
-    t.equal(await untilHealthy(`${name} healthy`, check, await probeEnvFor(check, s, where), s, where, procs, writable), true,
-      `${name}: its healthcheck (${check.join(' ')}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`);
+    t.equal(
+      await untilHealthy(`${name} healthy`, check, await probeEnvFor(check, s, where), s, where, procs, writable),
+      true,
+      `${name}: its healthcheck (${check.join(' ')}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`,
+    );
   }
   await assertToken(t, s, ns(s, composeNamespace(prodCompose, app[0])), JSON.stringify(app[1].command), 'Arc host');
 });
@@ -515,7 +624,9 @@ t.test('kubernetes: the relay and sidecar args and their probes, with the emulat
   const s = await scene(t);
   const host = ns(s, 'node');
   const pod = ns(s, 'pod');
-  const procs = [launch(t, await localizeAll(composeArgv(emulator![1]), s, host), composeEnv(emulator![1]), await composeWritable(emulator![1], s, host))];
+  const procs = [
+    launch(t, await localizeAll(composeArgv(emulator![1]), s, host), composeEnv(emulator![1]), await composeWritable(emulator![1], s, host)),
+  ];
   await untilHealthy('emulator', composeHealthcheck(emulator![1]), {}, s, host, procs);
 
   const envOf = (c: any) => Object.fromEntries((c.env ?? []).filter((e: any) => e.value !== undefined).map((e: any) => [e.name, e.value]));
@@ -523,16 +634,25 @@ t.test('kubernetes: the relay and sidecar args and their probes, with the emulat
     const port = typeof probe.httpGet.port === 'number' ? probe.httpGet.port : c.ports.find((p: any) => p.name === probe.httpGet.port).containerPort;
     return `http://127.0.0.1:${await where.port(port)}${probe.httpGet.path}`;
   };
-  for (const [name, c, where, gate] of [['relay', relay, host, 'readinessProbe'], ['sidecar', sidecar, pod, 'startupProbe']] as const) {
+  for (const [name, c, where, gate] of [
+    ['relay', relay, host, 'readinessProbe'],
+    ['sidecar', sidecar, pod, 'startupProbe'],
+  ] as const) {
     const argv = containerArgv(c);
     const writable = await containerWritable(c, s, where);
     procs.push(launch(t, await localizeAll(argv, s, where), envOf(c), writable));
     const url = await probeUrl(c, c[gate], where);
-    await until(`${name} ${gate}`, async () => {
-      const r = await httpGet(url);
-      return r.status === 200 ? true : `${r.status} ${r.text}`;
-    }, procs);
-    t.pass(`${name}: ${cliArgs(argv)!.join(' ')}: its ${gate} (${c[gate].httpGet.path}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`);
+    await until(
+      `${name} ${gate}`,
+      async () => {
+        const r = await httpGet(url);
+        return r.status === 200 ? true : `${r.status} ${r.text}`;
+      },
+      procs,
+    );
+    t.pass(
+      `${name}: ${cliArgs(argv)!.join(' ')}: its ${gate} (${c[gate].httpGet.path}) passes${writable && !readOnlyUnavailable ? ', read-only root filesystem' : ''}`,
+    );
     const live = await httpGet(await probeUrl(c, c.livenessProbe, where));
     t.equal(live.status, 200, `${name}: its livenessProbe (${c.livenessProbe.httpGet.path}) passes`);
   }

@@ -14,9 +14,27 @@ import { isDeepStrictEqual } from 'node:util';
 import t from 'tap';
 import ts from 'typescript';
 import {
-  COMPONENTS, KUBERNETES_DIR, ROOT, codeMetrics, composition, imageReplacement, flagValue, invocationProblems, kubectlKustomize,
-  kubectlPath, kustomizations, lastOf, metricNamesIn, objectKey, parseDockerfile, portOf, read, rel,
-  renderKustomization, splitCommand, yamlDocument,
+  COMPONENTS,
+  KUBERNETES_DIR,
+  ROOT,
+  codeMetrics,
+  composition,
+  imageReplacement,
+  flagValue,
+  invocationProblems,
+  kubectlKustomize,
+  kubectlPath,
+  kustomizations,
+  lastOf,
+  metricNamesIn,
+  objectKey,
+  parseDockerfile,
+  portOf,
+  read,
+  rel,
+  renderKustomization,
+  splitCommand,
+  yamlDocument,
 } from '../fixtures/deploy.js';
 
 const IMDS = '169.254.169.254';
@@ -31,7 +49,11 @@ const deployReadme = read('deploy/README.md');
 const everything = composition(COMPONENTS, { replacements: imageReplacement() });
 t.teardown(() => everything.remove());
 const dirs = [...kustomizations(), everything.dir];
-t.same(kustomizations().map(rel), ['deploy/kubernetes/base', 'deploy/kubernetes/overlays/example'], 'the Kustomizations: base (the relay alone) and the example overlay');
+t.same(
+  kustomizations().map(rel),
+  ['deploy/kubernetes/base', 'deploy/kubernetes/overlays/example'],
+  'the Kustomizations: base (the relay alone) and the example overlay',
+);
 for (const c of COMPONENTS) t.equal(yamlDocument(path.join(KUBERNETES_DIR, c, 'kustomization.yaml')).kind, 'Component', `${c}: a Component`);
 
 const offline = new Map(dirs.map((d) => [d, renderKustomization(d)]));
@@ -39,17 +61,21 @@ const offline = new Map(dirs.map((d) => [d, renderKustomization(d)]));
 /** How the dashboard's panels name their data source: Grafana's variable reference. */
 const DATASOURCE_VARIABLE = '$' + '{datasource}';
 
-t.test('kubectl kustomize renders every kustomization, exactly as the offline renderer does', { skip: kubectl ? false : 'kubectl is not installed here: validating the offline rendering only' }, async (t) => {
-  for (const dir of dirs) {
-    const rendered = kubectlKustomize(kubectl!, dir);
-    const ours = offline.get(dir)!;
-    t.same(rendered.map(objectKey).sort(), ours.map(objectKey).sort(), `${rel(dir)}: the same objects`);
-    for (const obj of rendered) {
-      const mine = ours.find((o) => objectKey(o) === objectKey(obj));
-      t.ok(isDeepStrictEqual(obj, mine), `${rel(dir)}: ${objectKey(obj)} identical`);
+t.test(
+  'kubectl kustomize renders every kustomization, exactly as the offline renderer does',
+  { skip: kubectl ? false : 'kubectl is not installed here: validating the offline rendering only' },
+  async (t) => {
+    for (const dir of dirs) {
+      const rendered = kubectlKustomize(kubectl!, dir);
+      const ours = offline.get(dir)!;
+      t.same(rendered.map(objectKey).sort(), ours.map(objectKey).sort(), `${rel(dir)}: the same objects`);
+      for (const obj of rendered) {
+        const mine = ours.find((o) => objectKey(o) === objectKey(obj));
+        t.ok(isDeepStrictEqual(obj, mine), `${rel(dir)}: ${objectKey(obj)} identical`);
+      }
     }
-  }
-});
+  },
+);
 
 const objects = kubectl ? kubectlKustomize(kubectl, everything.dir) : offline.get(everything.dir)!;
 const BUILTIN = new Map([
@@ -92,18 +118,30 @@ function unknownFields(list: readonly any[]): string[] {
   });
   const source = `${imports.join('\n')}\n${decls.join('\n')}\n`;
   const options: ts.CompilerOptions = {
-    strict: true, noEmit: true, skipLibCheck: true, types: [], target: ts.ScriptTarget.ES2022,
-    module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    types: [],
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
   };
   const host = ts.createCompilerHost(options);
   const getSourceFile = host.getSourceFile.bind(host);
   const fileExists = host.fileExists.bind(host);
-  host.getSourceFile = (name, language, ...rest) => (name === file ? ts.createSourceFile(name, source, language) : getSourceFile(name, language, ...rest));
+  host.getSourceFile = (name, language, ...rest) =>
+    name === file ? ts.createSourceFile(name, source, language) : getSourceFile(name, language, ...rest);
   host.fileExists = (name) => name === file || fileExists(name);
   const program = ts.createProgram([file], options, host);
   return ts.getPreEmitDiagnostics(program).map((d) => {
     const where = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
-    const owner = source.split('\n').slice(0, where + 1).reverse().find((l) => l.startsWith('// '))?.slice(3) ?? '?';
+    const owner =
+      source
+        .split('\n')
+        .slice(0, where + 1)
+        .reverse()
+        .find((l) => l.startsWith('// '))
+        ?.slice(3) ?? '?';
     return `${owner}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`;
   });
 }
@@ -116,7 +154,11 @@ t.test('built-in kinds have no unknown or misspelt fields', async (t) => {
   const badKey = objectKey(bad);
   t.same(problems.slice(0, problems.length - 1), [], 'every field is one Kubernetes has');
   t.equal(problems.length, 1, 'and exactly the one planted misspelling is caught');
-  t.match(problems.at(-1), new RegExp(`${badKey}: .*'"?readOnlyRootFileSystem"?' does not exist`), 'readOnlyRootFileSystem (for readOnlyRootFilesystem)');
+  t.match(
+    problems.at(-1),
+    new RegExp(`${badKey}: .*'"?readOnlyRootFileSystem"?' does not exist`),
+    'readOnlyRootFileSystem (for readOnlyRootFilesystem)',
+  );
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -130,18 +172,22 @@ const IMAGE = `${imageComponent.images[0].newName}:${imageComponent.images[0].ne
 const ours = (c: any) => c.image === IMAGE;
 const containersOf = (obj: any): any[] => [...(obj.spec.template.spec.initContainers ?? []), ...obj.spec.template.spec.containers];
 const argsOf = (c: any): string[] => c.args ?? [];
-const envOf = (c: any): Record<string, string> => Object.fromEntries((c.env ?? []).filter((e: any) => e.value !== undefined).map((e: any) => [e.name, e.value]));
+const envOf = (c: any): Record<string, string> =>
+  Object.fromEntries((c.env ?? []).filter((e: any) => e.value !== undefined).map((e: any) => [e.name, e.value]));
 const portNamed = (c: any, port: string | number) => (typeof port === 'number' ? port : c.ports?.find((p: any) => p.name === port)?.containerPort);
 
 /** Args with $(VAR) references expanded as kubelet does: only variables defined (earlier) in the container's env. */
 function expandArgs(c: any): { args: string[]; undefinedVars: string[] } {
   const defined = new Map<string, string>();
-  for (const e of c.env ?? []) defined.set(e.name, e.value ?? (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP' ? '192.0.2.10' : 'from-the-cluster'));
+  for (const e of c.env ?? [])
+    defined.set(e.name, e.value ?? (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP' ? '192.0.2.10' : 'from-the-cluster'));
   const undefinedVars: string[] = [];
-  const args = argsOf(c).map((a) => a.replace(/\$\((\w+)\)/g, (_, v: string) => {
-    if (!defined.has(v)) undefinedVars.push(v);
-    return defined.get(v) ?? `$(${v})`;
-  }));
+  const args = argsOf(c).map((a) =>
+    a.replace(/\$\((\w+)\)/g, (_, v: string) => {
+      if (!defined.has(v)) undefinedVars.push(v);
+      return defined.get(v) ?? `$(${v})`;
+    }),
+  );
   return { args, undefinedVars };
 }
 
@@ -172,7 +218,11 @@ t.test('capabilities: NET_ADMIN in netns-setup only; everything else drops all, 
       const sc = c.securityContext ?? {};
       const isNetnsSetup = ours(c) && splitCommand(argsOf(c)).command === 'netns-setup';
       t.same(sc.capabilities?.drop, ['ALL'], `${where}: drops every capability`);
-      t.same(sc.capabilities?.add ?? [], isNetnsSetup ? ['NET_ADMIN'] : [], `${where}: ${isNetnsSetup ? 'adds NET_ADMIN, nothing else' : 'adds none'}`);
+      t.same(
+        sc.capabilities?.add ?? [],
+        isNetnsSetup ? ['NET_ADMIN'] : [],
+        `${where}: ${isNetnsSetup ? 'adds NET_ADMIN, nothing else' : 'adds none'}`,
+      );
       t.equal(sc.allowPrivilegeEscalation, false, `${where}: allowPrivilegeEscalation false`);
       t.equal(sc.readOnlyRootFilesystem, true, `${where}: read-only root filesystem`);
       t.notOk(sc.privileged, `${where}: not privileged`);
@@ -204,7 +254,11 @@ t.test('the relay DaemonSet', async (t) => {
   const tokens = mountFor(tokensDir);
   t.equal(tokens?.mountPath, tokensDir, `the tokens directory is mounted at --tokens-dir (${tokensDir})`);
   t.equal(tokens?.readOnly, true, 'read-only');
-  t.same(volume(tokens?.name)?.hostPath, { path: '/var/opt/azcmagent/tokens', type: 'Directory' }, "from the node's /var/opt/azcmagent/tokens (must exist)");
+  t.same(
+    volume(tokens?.name)?.hostPath,
+    { path: '/var/opt/azcmagent/tokens', type: 'Directory' },
+    "from the node's /var/opt/azcmagent/tokens (must exist)",
+  );
 
   const socket = (flagValue(args, 'listen') ?? '').replace(/^unix:/, '');
   t.match(flagValue(args, 'listen'), /^unix:\//, 'listens on a unix socket');
@@ -250,7 +304,11 @@ t.test('the example workload: netns-setup, a native sidecar, the app', async (t)
   const netns = inits[netnsIndex];
   const sidecar = inits[sidecarIndex];
   t.notOk(netns.restartPolicy, 'netns-setup is a plain init container (runs to completion)');
-  t.same(argsOf(netns).filter((a) => a.startsWith('--')), ['--address'], 'netns-setup: --address only (no --allow-host-netns)');
+  t.same(
+    argsOf(netns).filter((a) => a.startsWith('--')),
+    ['--address'],
+    'netns-setup: --address only (no --allow-host-netns)',
+  );
   t.equal(flagValue(argsOf(netns), 'address'), IMDS, `netns-setup adds ${IMDS}`);
 
   t.equal(sidecar.restartPolicy, 'Always', 'the sidecar is a native sidecar: restartPolicy Always');
@@ -263,8 +321,15 @@ t.test('the example workload: netns-setup, a native sidecar, the app', async (t)
   const mount = sidecar.volumeMounts?.find((m: any) => m.mountPath === socketDir);
   t.equal(mount?.readOnly, true, "the socket's directory, mounted read-only");
   const relayRun = relaySet.spec.template.spec.volumes.find((v: any) => v.hostPath?.path === socketDir);
-  t.equal(pod.volumes.find((v: any) => v.name === mount?.name)?.hostPath?.path, relayRun?.hostPath?.path, "from the node's directory the relay listens in");
-  t.ok(!pod.containers.some((c: any) => (c.volumeMounts ?? []).some((m: any) => m.name === mount?.name)), "the app itself does not mount the relay's socket");
+  t.equal(
+    pod.volumes.find((v: any) => v.name === mount?.name)?.hostPath?.path,
+    relayRun?.hostPath?.path,
+    "from the node's directory the relay listens in",
+  );
+  t.ok(
+    !pod.containers.some((c: any) => (c.volumeMounts ?? []).some((m: any) => m.name === mount?.name)),
+    "the app itself does not mount the relay's socket",
+  );
 
   const admin = flagValue(args, 'admin-listen')!;
   t.equal(admin.split(':')[0], '0.0.0.0', "the sidecar's admin listener is reachable by kubelet and Prometheus");
@@ -289,7 +354,11 @@ t.test('namespaces: the Pod Security level the pods need, stated', async (t) => 
   for (const obj of [relaySet, workload]) {
     const ns = namespaces.find((n) => n.metadata.name === obj.metadata.namespace);
     t.ok(ns, `${objectKey(obj)}: its namespace is part of the kustomization`);
-    t.equal(ns?.metadata.labels?.['pod-security.kubernetes.io/enforce'], 'privileged', `${ns?.metadata.name}: enforce privileged (hostPath${obj === relaySet ? ', hostNetwork' : ', NET_ADMIN'})`);
+    t.equal(
+      ns?.metadata.labels?.['pod-security.kubernetes.io/enforce'],
+      'privileged',
+      `${ns?.metadata.name}: enforce privileged (hostPath${obj === relaySet ? ', hostNetwork' : ', NET_ADMIN'})`,
+    );
   }
   for (const word of ['privileged', 'baseline', 'NET_ADMIN', 'hostPath', 'hostNetwork', 'supplementalGroups']) {
     t.match(deployReadme, word, `deploy/README.md discusses ${word}`);
@@ -313,23 +382,42 @@ t.test('PodMonitors (monitoring.coreos.com/v1): shape, and they scrape the admin
     const where = objectKey(m);
     t.equal(m.apiVersion, 'monitoring.coreos.com/v1', `${where}: apiVersion`);
     t.ok(m.metadata.name && m.metadata.namespace, `${where}: name and namespace`);
-    t.same(Object.keys(m.spec).filter((k) => !SPEC.has(k)), [], `${where}: known spec fields only`);
+    t.same(
+      Object.keys(m.spec).filter((k) => !SPEC.has(k)),
+      [],
+      `${where}: known spec fields only`,
+    );
     t.ok(m.spec.selector?.matchLabels && Object.keys(m.spec.selector.matchLabels).length > 0, `${where}: a label selector`);
     const ns = m.spec.namespaceSelector;
     t.ok(ns === undefined || ns.any === true || Array.isArray(ns.matchNames), `${where}: namespaceSelector any or matchNames`);
     t.ok(Array.isArray(m.spec.podMetricsEndpoints) && m.spec.podMetricsEndpoints.length > 0, `${where}: endpoints`);
-    const selected = objects.filter((o) => o.spec?.template && matches(m.spec.selector.matchLabels, o.spec.template.metadata.labels)
-      && (ns?.any === true || (ns?.matchNames ?? [m.metadata.namespace]).includes(o.metadata.namespace)));
+    const selected = objects.filter(
+      (o) =>
+        o.spec?.template &&
+        matches(m.spec.selector.matchLabels, o.spec.template.metadata.labels) &&
+        (ns?.any === true || (ns?.matchNames ?? [m.metadata.namespace]).includes(o.metadata.namespace)),
+    );
     t.equal(selected.length, 1, `${where}: selects ${selected.map(objectKey).join(', ')}`);
     for (const ep of m.spec.podMetricsEndpoints) {
-      t.same(Object.keys(ep).filter((k) => !ENDPOINT.has(k)), [], `${where}: known endpoint fields only`);
+      t.same(
+        Object.keys(ep).filter((k) => !ENDPOINT.has(k)),
+        [],
+        `${where}: known endpoint fields only`,
+      );
       t.equal(typeof ep.port, 'string', `${where}: a named port`);
       t.equal(ep.path, '/metrics', `${where}: /metrics`);
       if (ep.interval !== undefined) t.match(ep.interval, DURATION, `${where}: interval is a duration`);
-      for (const r of ep.relabelings ?? []) t.same(Object.keys(r).filter((k) => !RELABEL.has(k)), [], `${where}: known relabeling fields only`);
+      for (const r of ep.relabelings ?? [])
+        t.same(
+          Object.keys(r).filter((k) => !RELABEL.has(k)),
+          [],
+          `${where}: known relabeling fields only`,
+        );
       const component = (ep.relabelings ?? []).find((r: any) => r.targetLabel === 'arc_imds_component');
-      t.ok(component && ['relay', 'sidecar'].includes(component.replacement) && (component.action ?? 'replace') === 'replace',
-        `${where}: sets arc_imds_component (${component?.replacement}), which alerts and dashboard select on`);
+      t.ok(
+        component && ['relay', 'sidecar'].includes(component.replacement) && (component.action ?? 'replace') === 'replace',
+        `${where}: sets arc_imds_component (${component?.replacement}), which alerts and dashboard select on`,
+      );
       for (const obj of selected) {
         const c = containersOf(obj).find((x) => x.ports?.some((p: any) => p.name === ep.port));
         t.ok(c && ours(c), `${where}: port ${ep.port} belongs to an arc-imds-proxy container (${c?.name})`);
@@ -357,7 +445,11 @@ t.test('PrometheusRule: shape and the alerts asked for', async (t) => {
     t.ok(group.name && Array.isArray(group.rules) && group.rules.length > 0, `group ${group.name}`);
     for (const r of group.rules) {
       const where = `alert ${r.alert}`;
-      t.same(Object.keys(r).filter((k) => !['alert', 'expr', 'for', 'labels', 'annotations', 'keep_firing_for'].includes(k)), [], `${where}: known fields only`);
+      t.same(
+        Object.keys(r).filter((k) => !['alert', 'expr', 'for', 'labels', 'annotations', 'keep_firing_for'].includes(k)),
+        [],
+        `${where}: known fields only`,
+      );
       t.match(r.alert, /^[A-Z][A-Za-z0-9]+$/, `${where}: a name`);
       t.ok(typeof r.expr === 'string' && r.expr.trim() !== '', `${where}: an expression`);
       if (r.for !== undefined) t.match(r.for, DURATION, `${where}: for is a duration`);
@@ -385,7 +477,10 @@ t.test('Grafana dashboard: valid JSON in its ConfigMap, panels on metrics the co
   const dashboard = JSON.parse(text ?? '{}');
   t.ok(dashboard.uid && dashboard.title && Number.isInteger(dashboard.schemaVersion), 'uid, title, schemaVersion');
   const variables: any[] = dashboard.templating?.list ?? [];
-  t.ok(variables.some((v) => v.type === 'datasource' && v.query === 'prometheus' && v.name === 'datasource'), 'a Prometheus data source variable');
+  t.ok(
+    variables.some((v) => v.type === 'datasource' && v.query === 'prometheus' && v.name === 'datasource'),
+    'a Prometheus data source variable',
+  );
   const shown = new Set<string>();
   for (const v of variables.filter((x) => x.type === 'query')) {
     const q = typeof v.query === 'string' ? v.query : v.query?.query;
@@ -406,5 +501,9 @@ t.test('Grafana dashboard: valid JSON in its ConfigMap, panels on metrics the co
       for (const u of used) shown.add(u);
     }
   }
-  t.same(ours_.filter((m) => !shown.has(m)), [], 'every arc_imds_* metric the code registers is on the dashboard');
+  t.same(
+    ours_.filter((m) => !shown.has(m)),
+    [],
+    'every arc_imds_* metric the code registers is on the dashboard',
+  );
 });

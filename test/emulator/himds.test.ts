@@ -18,10 +18,7 @@ const IDENTITY_NOT_FOUND = {
   error_codes: [404],
 };
 
-async function startEmulator(
-  t: Test,
-  options: Partial<EmulatorOptions> = {},
-): Promise<{ emulator: HimdsEmulator; tokensDir: string }> {
+async function startEmulator(t: Test, options: Partial<EmulatorOptions> = {}): Promise<{ emulator: HimdsEmulator; tokensDir: string }> {
   const tokensDir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-emu-test-'));
   const emulator = await HimdsEmulator.start({ tokensDir, ...options }, LOOPBACK);
   t.teardown(async () => {
@@ -274,10 +271,14 @@ t.test('503 during start-up, with Retry-After, then recovery', async (t) => {
   t.type(first.json, 'object');
   t.equal((await get(`${emulator.url}/metadata/instance/compute?api-version=2020-06-01`)).status, 503, 'every endpoint');
   let last = first;
-  await waitFor(async () => {
-    last = await get(tokenUrl(emulator));
-    return last.status !== 503;
-  }, 5000, 'the start-up window to end');
+  await waitFor(
+    async () => {
+      last = await get(tokenUrl(emulator));
+      return last.status !== 503;
+    },
+    5000,
+    'the start-up window to end',
+  );
   t.equal(last.status, 401, 'challenged normally afterwards');
   t.ok(emulator.stats().injectedFailures >= 2);
   t.equal(emulator.stats().challenges, 1);
@@ -335,7 +336,12 @@ t.test('instance and identity endpoints', async (t) => {
   t.equal(compute.status, 200);
   t.notOk('www-authenticate' in compute.headers, 'not challenged');
   t.match(compute.json, {
-    location: String, name: String, resourceGroupName: String, subscriptionId: String, vmId: String, osType: String,
+    location: String,
+    name: String,
+    resourceGroupName: String,
+    subscriptionId: String,
+    vmId: String,
+    osType: String,
   });
   t.match(compute.json.resourceId, /\/providers\/Microsoft\.HybridCompute\/machines\//);
   t.ok('tags' in compute.json);
@@ -356,7 +362,12 @@ t.test('instance and identity endpoints', async (t) => {
 });
 
 function postFaults(emulator: HimdsEmulator, body: string): Promise<Reply> {
-  return request(`${emulator.url}/__emulator/faults`, 'POST', { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) }, body);
+  return request(
+    `${emulator.url}/__emulator/faults`,
+    'POST',
+    { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
+    body,
+  );
 }
 
 t.test('control endpoints: stats and faults', async (t) => {
@@ -365,10 +376,20 @@ t.test('control endpoints: stats and faults', async (t) => {
   await get(`${emulator.url}/metadata/instance/compute?api-version=2020-06-01`);
   const stats = await get(`${emulator.url}/__emulator/stats`, {});
   t.equal(stats.status, 200);
-  t.same(stats.json, {
-    tokenRequests: 2, challenges: 1, tokensIssued: 1, rejectedKeys: 0, metadataRequests: 1, injectedFailures: 0,
-    lastTokenQuery: { 'api-version': '2020-06-01', resource: ARM }, keysOutstanding: 0,
-  }, 'counters over HTTP');
+  t.same(
+    stats.json,
+    {
+      tokenRequests: 2,
+      challenges: 1,
+      tokensIssued: 1,
+      rejectedKeys: 0,
+      metadataRequests: 1,
+      injectedFailures: 0,
+      lastTokenQuery: { 'api-version': '2020-06-01', resource: ARM },
+      keysOutstanding: 0,
+    },
+    'counters over HTTP',
+  );
   t.same(stats.json, emulator.stats(), 'same as stats()');
 
   const set = await postFaults(emulator, JSON.stringify({ userAssigned: 'not-found', latencyMs: 0, failNext: 0, failStatus: 502 }));

@@ -34,7 +34,7 @@ t.test('limits are off by default: a burst on one listener is all served', async
   t.ok(burst.every((r) => r.status === 200));
 });
 
-t.test('--rate-limit imds: 20 per second, then IMDS\'s 429 with Retry-After', async (t) => {
+t.test("--rate-limit imds: 20 per second, then IMDS's 429 with Retry-After", async (t) => {
   const stack = await startStack({ proxy: { rateLimit: 20 } });
   t.teardown(stack.close);
   await stack.get(armTokenPath());
@@ -57,7 +57,9 @@ t.test('--rate-limit imds: 20 per second, then IMDS\'s 429 with Retry-After', as
 t.test('--concurrency-limit: in flight at once, then 429', async (t) => {
   const stack = await startStack({ emulator: { latencyMs: 300 }, proxy: { concurrencyLimit: 5 } });
   t.teardown(stack.close);
-  const replies = await Promise.all(Array.from({ length: 8 }, (_, i) => stack.get(tokenPath(`api-version=2018-02-01&resource=https://r${i}.example`))));
+  const replies = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => stack.get(tokenPath(`api-version=2018-02-01&resource=https://r${i}.example`))),
+  );
   t.equal(replies.filter((r) => r.status === 200).length, 5);
   t.equal(replies.filter((r) => r.status === 429).length, 3);
   t.equal(stack.emulator.stats().tokensIssued, 5, 'refused requests never reached the upstream');
@@ -65,7 +67,13 @@ t.test('--concurrency-limit: in flight at once, then 429', async (t) => {
 });
 
 t.test('limits are per listener', async (t) => {
-  const two = { listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0 }, { kind: 'tcp', host: '127.0.0.1', port: 0 }] as const, rateLimit: 2 };
+  const two = {
+    listen: [
+      { kind: 'tcp', host: '127.0.0.1', port: 0 },
+      { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    ] as const,
+    rateLimit: 2,
+  };
   const stack = await startStack({ proxy: two });
   t.teardown(stack.close);
   const second = stack.proxy.addresses[1]!;
@@ -90,7 +98,10 @@ t.test('the token bucket', async (t) => {
 t.test('URL, header and connection caps; slow senders', async (t) => {
   const stack = await startStack({ proxy: { maxConnections: 3, headersTimeoutMs: 300 } });
   t.teardown(stack.close);
-  const longUrl = await raw(stack.port, `GET ${tokenPath(`api-version=2018-02-01&resource=${'r'.repeat(9000)}`)} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n`);
+  const longUrl = await raw(
+    stack.port,
+    `GET ${tokenPath(`api-version=2018-02-01&resource=${'r'.repeat(9000)}`)} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n`,
+  );
   t.match(longUrl, /^HTTP\/1\.1 414 /, 'URL over 8 KiB: 414');
   const manyHeaders = Array.from({ length: 120 }, (_, i) => `X-H${i}: v`).join('\r\n');
   const many = await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n${manyHeaders}\r\nConnection: close\r\n\r\n`);
@@ -110,12 +121,18 @@ t.test('URL, header and connection caps; slow senders', async (t) => {
     slow.on('close', () => clearInterval(drip));
   });
   t.match(answer, /^HTTP\/1\.1 408 /, 'a dripping header block gets 408 and is closed');
-  t.ok(performance.now() - started < 5000, 'soon after the deadline, not after Node\'s default 30 s check');
+  t.ok(performance.now() - started < 5000, "soon after the deadline, not after Node's default 30 s check");
 
   // Connection cap: the fourth concurrent connection is closed at once.
-  const open = await Promise.all(Array.from({ length: 3 }, () => new Promise<net.Socket>((resolve) => {
-    const s = net.connect(stack.port, '127.0.0.1', () => resolve(s));
-  })));
+  const open = await Promise.all(
+    Array.from(
+      { length: 3 },
+      () =>
+        new Promise<net.Socket>((resolve) => {
+          const s = net.connect(stack.port, '127.0.0.1', () => resolve(s));
+        }),
+    ),
+  );
   t.teardown(() => {
     for (const s of open) s.destroy();
   });
@@ -124,5 +141,9 @@ t.test('URL, header and connection caps; slow senders', async (t) => {
   t.equal(fourth, '', 'refused: closed without an answer');
   for (const s of open) s.destroy();
   await new Promise((r) => setTimeout(r, 50));
-  t.match(await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n`), /^HTTP\/1\.1 200 /, 'served again once connections close');
+  t.match(
+    await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n`),
+    /^HTTP\/1\.1 200 /,
+    'served again once connections close',
+  );
 });

@@ -11,8 +11,23 @@ import t from 'tap';
 import { get, startStack, tokenPath } from '../fixtures/stack.js';
 
 type Fault =
-  | 'none' | 'refuse' | 'reset' | 'reset-mid-body' | 'hang' | 'non-json' | 'huge' | 'html' | 'missing-fields'
-  | 'expired' | 'far-future' | 'no-realm' | 'second-401' | 'flap' | 'key-deleted' | 'key-symlink' | 'key-unreadable'
+  | 'none'
+  | 'refuse'
+  | 'reset'
+  | 'reset-mid-body'
+  | 'hang'
+  | 'non-json'
+  | 'huge'
+  | 'html'
+  | 'missing-fields'
+  | 'expired'
+  | 'far-future'
+  | 'no-realm'
+  | 'second-401'
+  | 'flap'
+  | 'key-deleted'
+  | 'key-symlink'
+  | 'key-unreadable'
   | 'garbage-http';
 
 /** A scripted HIMDS on a raw TCP server (so it can also speak broken HTTP). */
@@ -27,7 +42,13 @@ async function misbehavingHimds(tokensDir: string) {
       res.end(body);
     };
     const token = (expiresOn: number) =>
-      JSON.stringify({ access_token: `tok-${randomBytes(6).toString('hex')}`, expires_on: String(expiresOn), expires_in: '3600', resource: '', token_type: 'Bearer' });
+      JSON.stringify({
+        access_token: `tok-${randomBytes(6).toString('hex')}`,
+        expires_on: String(expiresOn),
+        expires_in: '3600',
+        resource: '',
+        token_type: 'Bearer',
+      });
     const now = Math.floor(Date.now() / 1000);
     if (!auth || fault === 'second-401') {
       if (fault === 'no-realm') return reply(401, '{"error":"unauthorized"}');
@@ -46,21 +67,31 @@ async function misbehavingHimds(tokensDir: string) {
     if (!keys.delete(auth.slice('Basic '.length))) return reply(401, '{}');
     authorized++;
     switch (fault) {
-      case 'hang': return; // never answers
-      case 'reset': return req.socket.destroy();
+      case 'hang':
+        return; // never answers
+      case 'reset':
+        return req.socket.destroy();
       case 'reset-mid-body':
         res.writeHead(200, { 'Content-Length': '500' });
         res.write('{"access_token":"');
         return setTimeout(() => req.socket.destroy(), 10);
-      case 'non-json': return reply(200, 'this is not json');
-      case 'huge': return reply(200, JSON.stringify({ access_token: 'x'.repeat(200_000), expires_on: String(now + 3600) }));
-      case 'html': return reply(200, '<html><body>Login</body></html>', { 'Content-Type': 'text/html' });
-      case 'missing-fields': return reply(200, '{"token_type":"Bearer"}');
-      case 'expired': return reply(200, token(now - 10));
-      case 'far-future': return reply(200, token(now + 10 * 365 * 86400));
+      case 'non-json':
+        return reply(200, 'this is not json');
+      case 'huge':
+        return reply(200, JSON.stringify({ access_token: 'x'.repeat(200_000), expires_on: String(now + 3600) }));
+      case 'html':
+        return reply(200, '<html><body>Login</body></html>', { 'Content-Type': 'text/html' });
+      case 'missing-fields':
+        return reply(200, '{"token_type":"Bearer"}');
+      case 'expired':
+        return reply(200, token(now - 10));
+      case 'far-future':
+        return reply(200, token(now + 10 * 365 * 86400));
       // Every other authorized request fails: half of all attempts.
-      case 'flap': return authorized % 2 === 1 ? reply(503, '{"error":"busy"}') : reply(200, token(now + 3600));
-      default: return reply(200, token(now + 3600));
+      case 'flap':
+        return authorized % 2 === 1 ? reply(503, '{"error":"busy"}') : reply(200, token(now + 3600));
+      default:
+        return reply(200, token(now + 3600));
     }
   });
   // 'garbage-http' and 'refuse' are below the HTTP server.
@@ -83,10 +114,11 @@ async function misbehavingHimds(tokensDir: string) {
       fault = f;
       for (const socket of sockets) socket.destroy();
     },
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      front.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        front.close(() => resolve());
+      }),
   };
 }
 
@@ -100,20 +132,74 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { fault: 'refuse', status: 503, body: /temporarily_unavailable.*(reset|refused)/, metric: /arc_imds_upstream_requests_total\{leg="challenge",outcome="(reset|refused|error)"\}/, log: /upstream token attempt failed; retrying/ },
-  { fault: 'garbage-http', status: [502, 503], body: /upstream/, metric: /arc_imds_upstream_requests_total\{leg="challenge",outcome="(error|reset)"\}/, log: /request failed/ },
+  {
+    fault: 'refuse',
+    status: 503,
+    body: /temporarily_unavailable.*(reset|refused)/,
+    metric: /arc_imds_upstream_requests_total\{leg="challenge",outcome="(reset|refused|error)"\}/,
+    log: /upstream token attempt failed; retrying/,
+  },
+  {
+    fault: 'garbage-http',
+    status: [502, 503],
+    body: /upstream/,
+    metric: /arc_imds_upstream_requests_total\{leg="challenge",outcome="(error|reset)"\}/,
+    log: /request failed/,
+  },
   { fault: 'reset', status: 503, body: /reset/, metric: /arc_imds_upstream_requests_total\{leg="token",outcome="reset"\}/, log: /retrying/ },
-  { fault: 'reset-mid-body', status: 503, body: /reset|in time/, metric: /arc_imds_upstream_requests_total\{leg="token",outcome="(reset|timeout)"\}/, log: /retrying/ },
-  { fault: 'hang', status: 503, body: /in time/, metric: /arc_imds_upstream_requests_total\{leg="token",outcome="timeout"\}/, log: /no answer from .* in time/ },
-  { fault: 'non-json', status: 502, body: /not a JSON object/, metric: /arc_imds_upstream_requests_total\{leg="token",outcome="2xx"\}/, log: /upstream_bad_response/ },
-  { fault: 'huge', status: 502, body: /larger than 65536 bytes/, metric: /arc_imds_upstream_requests_total\{leg="token",outcome="error"\}/, log: /upstream_bad_response/ },
+  {
+    fault: 'reset-mid-body',
+    status: 503,
+    body: /reset|in time/,
+    metric: /arc_imds_upstream_requests_total\{leg="token",outcome="(reset|timeout)"\}/,
+    log: /retrying/,
+  },
+  {
+    fault: 'hang',
+    status: 503,
+    body: /in time/,
+    metric: /arc_imds_upstream_requests_total\{leg="token",outcome="timeout"\}/,
+    log: /no answer from .* in time/,
+  },
+  {
+    fault: 'non-json',
+    status: 502,
+    body: /not a JSON object/,
+    metric: /arc_imds_upstream_requests_total\{leg="token",outcome="2xx"\}/,
+    log: /upstream_bad_response/,
+  },
+  {
+    fault: 'huge',
+    status: 502,
+    body: /larger than 65536 bytes/,
+    metric: /arc_imds_upstream_requests_total\{leg="token",outcome="error"\}/,
+    log: /upstream_bad_response/,
+  },
   { fault: 'html', status: 502, body: /not a JSON object/, metric: /outcome="2xx"/, log: /upstream_bad_response/ },
   { fault: 'missing-fields', status: 502, body: /no access_token/, metric: /outcome="2xx"/, log: /upstream_bad_response/ },
   { fault: 'expired', status: 502, body: /already expired/, metric: /outcome="2xx"/, log: /already expired/ },
   { fault: 'far-future', status: 502, body: /absurdly far ahead/, metric: /outcome="2xx"/, log: /absurdly far ahead/ },
-  { fault: 'no-realm', status: 500, body: /without a (single Www-Authenticate header|Basic realm)/, metric: /arc_imds_challenge_failures_total\{reason="bad_realm"\}/, log: /challenge_failed/ },
-  { fault: 'second-401', status: 500, body: /rejected the key/, metric: /arc_imds_challenge_failures_total\{reason="key_rejected"\}/, log: /rejected the key/ },
-  { fault: 'key-deleted', status: 500, body: /does not exist/, metric: /arc_imds_challenge_failures_total\{reason="missing"\}/, log: /does not exist/ },
+  {
+    fault: 'no-realm',
+    status: 500,
+    body: /without a (single Www-Authenticate header|Basic realm)/,
+    metric: /arc_imds_challenge_failures_total\{reason="bad_realm"\}/,
+    log: /challenge_failed/,
+  },
+  {
+    fault: 'second-401',
+    status: 500,
+    body: /rejected the key/,
+    metric: /arc_imds_challenge_failures_total\{reason="key_rejected"\}/,
+    log: /rejected the key/,
+  },
+  {
+    fault: 'key-deleted',
+    status: 500,
+    body: /does not exist/,
+    metric: /arc_imds_challenge_failures_total\{reason="missing"\}/,
+    log: /does not exist/,
+  },
   { fault: 'key-symlink', status: 500, body: /symbolic link/, metric: /arc_imds_challenge_failures_total\{reason="symlink"\}/, log: /symbolic link/ },
 ];
 // A key root cannot be denied: only meaningful unprivileged; as root the file mode is no obstacle.
@@ -128,7 +214,13 @@ t.test('every fault: a defined answer, the process up, the cached token still se
   t.teardown(himds.close);
   const stack = await startStack({
     upstream: himds.url,
-    proxy: { tokensDir: dir, upstreamTimeoutMs: 300, requestTimeoutMs: 2000, adminListen: { kind: 'tcp', host: '127.0.0.1', port: 0 }, readinessIntervalMs: 3_600_000 },
+    proxy: {
+      tokensDir: dir,
+      upstreamTimeoutMs: 300,
+      requestTimeoutMs: 2000,
+      adminListen: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+      readinessIntervalMs: 3_600_000,
+    },
   });
   t.teardown(stack.close);
   const admin = stack.proxy.adminAddress!;
@@ -174,7 +266,11 @@ t.test('503 at start, then recovery; 50% flapping is absorbed by retries', async
   himds.set('flap');
   const replies = [];
   for (let i = 0; i < 20; i++) replies.push(await stack.get(tokenPath(`api-version=2018-02-01&resource=https://flap-${i}.example`)));
-  t.same(replies.map((r) => r.status), Array(20).fill(200), 'every request succeeded through the flapping');
+  t.same(
+    replies.map((r) => r.status),
+    Array(20).fill(200),
+    'every request succeeded through the flapping',
+  );
 
   const starting = await startStack({ emulator: { startupUnavailableMs: 400 } });
   t.teardown(starting.close);

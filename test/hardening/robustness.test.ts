@@ -26,7 +26,13 @@ const waitUntil = async (what: string, ok: () => boolean | Promise<boolean>, ms 
 /** Send a token request and hang up after `ms`, before any answer. */
 function abandon(port: number, resource: string, ms: number): Promise<void> {
   return new Promise((resolve) => {
-    const req = http.request({ host: '127.0.0.1', port, path: tokenPath(`api-version=2018-02-01&resource=${encodeURIComponent(resource)}`), headers: { Metadata: 'true' }, agent: false });
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      path: tokenPath(`api-version=2018-02-01&resource=${encodeURIComponent(resource)}`),
+      headers: { Metadata: 'true' },
+      agent: false,
+    });
     req.on('error', () => resolve());
     req.on('response', () => resolve());
     req.end();
@@ -93,7 +99,10 @@ t.test('a flood of failing client requests does not flood the log at info', asyn
   }
   const written = infoBytes() - start;
   t.ok(written < 2000, `200 failing 8 KB requests wrote ${written} bytes at info and above`);
-  t.ok(stack.logs.some((l) => l.includes('request refused')), 'they are still there at debug');
+  t.ok(
+    stack.logs.some((l) => l.includes('request refused')),
+    'they are still there at debug',
+  );
   const longest = Math.max(...stack.logs.filter((l) => l.includes('request refused')).map((l) => l.length));
   t.ok(longest < 1000, `a debug line carries at most a clipped URL (${longest} characters)`);
 
@@ -138,7 +147,23 @@ t.test('a sidecar behind a relay restricted by --allow-resource becomes ready', 
   const socket = path.join(dir, 'relay.sock');
   const quiet = createLogger('silent');
   const relay = await startProxy(
-    parseServe(['--listen', `unix:${socket}`, '--upstream', himds.emulator.url, '--tokens-dir', himds.tokensDir, '--admin-listen', 'off', '--allow-resource', 'https://vault.azure.net*', '--readiness-resource', 'https://vault.azure.net'], {}).config,
+    parseServe(
+      [
+        '--listen',
+        `unix:${socket}`,
+        '--upstream',
+        himds.emulator.url,
+        '--tokens-dir',
+        himds.tokensDir,
+        '--admin-listen',
+        'off',
+        '--allow-resource',
+        'https://vault.azure.net*',
+        '--readiness-resource',
+        'https://vault.azure.net',
+      ],
+      {},
+    ).config,
     quiet,
   );
   t.teardown(() => relay.close());
@@ -150,30 +175,97 @@ t.test('a sidecar behind a relay restricted by --allow-resource becomes ready', 
   await waitUntil('the sidecar to be ready', () => sidecar.readiness.state.ready);
   t.match(sidecar.readiness.state.reason, /policy refuses https:\/\/management\.azure\.com\//, 'the reason says why');
   const port = sidecar.addresses[0]!.kind === 'tcp' ? sidecar.addresses[0]!.port : 0;
-  t.equal((await get(`http://127.0.0.1:${port}${tokenPath('api-version=2018-02-01&resource=https://vault.azure.net')}`)).status, 200, 'allowed resources are served');
+  t.equal(
+    (await get(`http://127.0.0.1:${port}${tokenPath('api-version=2018-02-01&resource=https://vault.azure.net')}`)).status,
+    200,
+    'allowed resources are served',
+  );
   t.equal((await get(`http://127.0.0.1:${port}${armTokenPath()}`)).status, 403, 'others are refused by the relay');
 
   // A local readiness resource refused by the local policy can never succeed: a configuration error.
-  t.throws(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--readiness-resource', 'https://management.azure.com/'], {}), ConfigError);
-  t.throws(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*'], { ARC_IMDS_READINESS_RESOURCE: 'https://x/' }), ConfigError, 'from the environment too');
+  t.throws(
+    () =>
+      parseServe(
+        [
+          '--listen',
+          '127.0.0.1:0',
+          '--upstream',
+          `unix:${socket}`,
+          '--allow-resource',
+          'https://vault.azure.net*',
+          '--readiness-resource',
+          'https://management.azure.com/',
+        ],
+        {},
+      ),
+    ConfigError,
+  );
+  t.throws(
+    () =>
+      parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*'], {
+        ARC_IMDS_READINESS_RESOURCE: 'https://x/',
+      }),
+    ConfigError,
+    'from the environment too',
+  );
   // Not given: the first allowed resource, which the policy allows.
-  const derived = parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--allow-resource', 'https://storage.azure.com/'], {}).config;
+  const derived = parseServe(
+    [
+      '--listen',
+      '127.0.0.1:0',
+      '--upstream',
+      `unix:${socket}`,
+      '--allow-resource',
+      'https://vault.azure.net*',
+      '--allow-resource',
+      'https://storage.azure.com/',
+    ],
+    {},
+  ).config;
   t.equal(derived.readinessResource, 'https://vault.azure.net', 'the readiness resource follows --allow-resource when not given');
-  t.doesNotThrow(() => parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', '--readiness-resource', 'https://vault.azure.net'], {}));
+  t.doesNotThrow(() =>
+    parseServe(
+      [
+        '--listen',
+        '127.0.0.1:0',
+        '--upstream',
+        `unix:${socket}`,
+        '--allow-resource',
+        'https://vault.azure.net*',
+        '--readiness-resource',
+        'https://vault.azure.net',
+      ],
+      {},
+    ),
+  );
 });
 
 t.test('--allow-resource prefixes match up to a / or :, never across a host boundary', async (t) => {
   const policy = new ResourcePolicy(['https://vault.azure.net*', 'https://storage.azure.com/*', 'api://exact']);
-  for (const ok of ['https://vault.azure.net', 'https://vault.azure.net/', 'https://vault.azure.net:443/x', 'https://storage.azure.com/', 'https://storage.azure.com/anything', 'api://exact']) {
+  for (const ok of [
+    'https://vault.azure.net',
+    'https://vault.azure.net/',
+    'https://vault.azure.net:443/x',
+    'https://storage.azure.com/',
+    'https://storage.azure.com/anything',
+    'api://exact',
+  ]) {
     t.ok(policy.allows(ok), `${ok} allowed`);
   }
-  for (const no of ['https://vault.azure.net.evil.example', 'https://vault.azure.netx', 'https://vault.azure.net@evil.example', 'https://storage.azure.com', 'api://exact/more', 'https://management.azure.com/']) {
+  for (const no of [
+    'https://vault.azure.net.evil.example',
+    'https://vault.azure.netx',
+    'https://vault.azure.net@evil.example',
+    'https://storage.azure.com',
+    'api://exact/more',
+    'https://management.azure.com/',
+  ]) {
     t.notOk(policy.allows(no), `${no} refused`);
   }
   t.ok(new ResourcePolicy([]).allows('anything'), 'no patterns: everything');
 });
 
-t.test('api-version: what IMDS accepts for each path, and IMDS\'s own 400 otherwise', async (t) => {
+t.test("api-version: what IMDS accepts for each path, and IMDS's own 400 otherwise", async (t) => {
   t.ok(isAcceptedApiVersion('2018-02-01', 'token'));
   t.ok(isAcceptedApiVersion('2019-08-01', 'token'));
   t.notOk(isAcceptedApiVersion('2017-12-01', 'token'), 'tokens from 2018-02-01 on');
@@ -211,19 +303,29 @@ t.test('a tokens directory behind a symlink works; a key file that is a symlink 
   t.equal((await stack.get(armTokenPath())).status, 200, 'key files in a symlinked tokens directory are read');
   const keyLink = path.join(linked, 'evil.key');
   await symlink('/etc/hostname', keyLink);
-  await t.rejects(readKeyFile(keyLink, linked), { name: 'ChallengeError', reason: 'symlink' } as never, 'a key file that is itself a symlink is refused');
+  await t.rejects(
+    readKeyFile(keyLink, linked),
+    { name: 'ChallengeError', reason: 'symlink' } as never,
+    'a key file that is itself a symlink is refused',
+  );
 });
 
 t.test('absolute-form requests (a client using the proxy as its HTTP proxy): IMDS answered, other hosts refused', async (t) => {
   const stack = await startStack();
   t.teardown(stack.close);
   // Raw requests to 127.0.0.1 only: the absolute form names 169.254.169.254, but nothing connects there.
-  const imds = await raw(stack.port, `GET http://169.254.169.254${armTokenPath()} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n`);
+  const imds = await raw(
+    stack.port,
+    `GET http://169.254.169.254${armTokenPath()} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n`,
+  );
   t.match(imds, /^HTTP\/1\.1 200 /, 'the IMDS host in absolute form is answered like the origin form');
   t.match(imds, /"access_token":/);
   const before = stack.emulator.stats().tokenRequests;
   for (const host of ['management.azure.com', 'example.com:80', '127.0.0.1:40342']) {
-    const other = await raw(stack.port, `GET http://${host}/metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: ${host}\r\nMetadata: true\r\nConnection: close\r\n\r\n`);
+    const other = await raw(
+      stack.port,
+      `GET http://${host}/metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: ${host}\r\nMetadata: true\r\nConnection: close\r\n\r\n`,
+    );
     t.match(other, /^HTTP\/1\.1 403 /, `${host}: refused`);
     t.match(other, /not a general HTTP proxy/);
   }

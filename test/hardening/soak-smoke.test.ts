@@ -18,7 +18,10 @@ t.test('the soak runs, reports and stops by itself', async (t) => {
   t.ok(summary.requests > 100, `traffic flowed (${summary.requests} requests)`);
   t.equal(summary.unexpected, 0, `no unexpected answers: ${JSON.stringify(summary.unexpectedSamples)}`);
   t.ok(summary.proxyAlive, 'the proxy survived');
-  t.ok(summary.upstreamTokenFetches >= 1 && summary.upstreamTokenFetches <= summary.distinctResources + 5, 'upstream fetches bounded by distinct resources');
+  t.ok(
+    summary.upstreamTokenFetches >= 1 && summary.upstreamTokenFetches <= summary.distinctResources + 5,
+    'upstream fetches bounded by distinct resources',
+  );
   t.ok(summary.rssMb.max > 0, 'RSS was sampled');
   t.match(out, /soak: (passed|FAILED)/);
   t.equal(code, summary.unexpected === 0 && summary.rssMb.growthMb <= 15 ? 0 : 1, 'the exit status follows the verdict');

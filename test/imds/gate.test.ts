@@ -10,7 +10,14 @@ const METADATA_BODY = { error: 'invalid_request', error_description: 'Required m
 t.test('rejections, each answered without reaching the upstream', async (t) => {
   const stack = await startStack();
   t.teardown(stack.close);
-  const reject = async (name: string, p: string, headers: Record<string, string> | undefined, status: number, check?: (json: any) => void, method?: string) => {
+  const reject = async (
+    name: string,
+    p: string,
+    headers: Record<string, string> | undefined,
+    status: number,
+    check?: (json: any) => void,
+    method?: string,
+  ) => {
     const reply = await stack.get(p, headers, method);
     t.equal(reply.status, status, `${name}: status`);
     t.match(reply.headers['content-type'], /^application\/json; charset=utf-8$/, `${name}: content type`);
@@ -21,7 +28,8 @@ t.test('rejections, each answered without reaching the upstream', async (t) => {
   await reject('POST', armTokenPath(), { Metadata: 'true' }, 405, undefined, 'POST');
   await reject('DELETE', armTokenPath(), { Metadata: 'true' }, 405, undefined, 'DELETE');
   await reject('X-Forwarded-For', armTokenPath(), { Metadata: 'true', 'X-Forwarded-For': '10.0.0.1' }, 400, (j) =>
-    t.match(j.error_description, /X-Forwarded-For/));
+    t.match(j.error_description, /X-Forwarded-For/),
+  );
   await reject('no Metadata', armTokenPath(), {}, 400, (j) => t.same(j, METADATA_BODY));
   await reject('Metadata: false', armTokenPath(), { Metadata: 'false' }, 400, (j) => t.same(j, METADATA_BODY));
   await reject('bare probe path (@azure/identity probe)', TOKEN_PATH, { Accept: 'application/json' }, 400, (j) => {
@@ -45,18 +53,22 @@ t.test('rejections, each answered without reaching the upstream', async (t) => {
     t.match(answer, /^HTTP\/1\.1 404 /, `${p}: 404`);
   }
   await reject('duplicate resource', `${TOKEN_PATH}?api-version=2018-02-01&resource=a&resource=b`, { Metadata: 'true' }, 400, (j) =>
-    t.match(j.error_description, /Duplicate query parameter: resource/));
+    t.match(j.error_description, /Duplicate query parameter: resource/),
+  );
   await reject('duplicate api-version', `${TOKEN_PATH}?api-version=2018-02-01&api-version=2018-02-01&resource=a`, { Metadata: 'true' }, 400);
   await reject('bad percent-encoding', `${TOKEN_PATH}?api-version=2018-02-01&resource=%E0%A4%A`, { Metadata: 'true' }, 400, (j) =>
-    t.match(j.error_description, /percent-encoding/));
+    t.match(j.error_description, /percent-encoding/),
+  );
   await reject('invalid UTF-8', `${TOKEN_PATH}?api-version=2018-02-01&resource=%C3%28`, { Metadata: 'true' }, 400);
   await reject('NUL in a value', `${TOKEN_PATH}?api-version=2018-02-01&resource=a%00b`, { Metadata: 'true' }, 400, (j) =>
-    t.match(j.error_description, /control characters/));
+    t.match(j.error_description, /control characters/),
+  );
   await reject('CR LF in a value', `${TOKEN_PATH}?api-version=2018-02-01&resource=a%0d%0aX-Injected:%201`, { Metadata: 'true' }, 400);
   await reject('control char in a name', `${TOKEN_PATH}?api-version=2018-02-01&resource=a&x%07=1`, { Metadata: 'true' }, 400);
   for (const v of ['', '2017-12-01', '2018-01-31', '2018-2-01', '2018-13-01', '2018-02-32', 'latest', '2018-02-01x']) {
     await reject(`token api-version '${v}'`, `${TOKEN_PATH}?api-version=${v}&resource=x`, { Metadata: 'true' }, 400, (j) =>
-      t.match(j.error_description, /api-version is invalid/));
+      t.match(j.error_description, /api-version is invalid/),
+    );
   }
   await reject('token without api-version', `${TOKEN_PATH}?resource=x`, { Metadata: 'true' }, 400);
   await reject('instance without api-version', '/metadata/instance', { Metadata: 'true' }, 400, (j) => {
@@ -69,7 +81,10 @@ t.test('rejections, each answered without reaching the upstream', async (t) => {
   t.match(withLength, /^HTTP\/1\.1 400 /, 'Content-Length > 0 is a 400');
   t.match(withLength, /Connection: close/i, 'and the connection is closed');
   t.match(withLength, /must not carry a body/);
-  const chunked = await raw(stack.port, `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`);
+  const chunked = await raw(
+    stack.port,
+    `GET ${armTokenPath()} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`,
+  );
   t.match(chunked, /^HTTP\/1\.1 400 /, 'any Transfer-Encoding is a 400');
   const zeroLength = await stack.get(armTokenPath(), { Metadata: 'true', 'Content-Length': '0' });
   t.equal(zeroLength.status, 200, 'Content-Length: 0 is no body');
@@ -99,8 +114,14 @@ t.test('accepted shapes', async (t) => {
     t.equal(reply.status, 200, name);
     return reply;
   };
-  await accept('trailing slash (msal-node with AZURE_POD_IDENTITY_AUTHORITY_HOST)', `${TOKEN_PATH}/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
-  await accept('a leading // (AZURE_POD_IDENTITY_AUTHORITY_HOST ending in /)', `//Metadata/identity/oauth2/token/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
+  await accept(
+    'trailing slash (msal-node with AZURE_POD_IDENTITY_AUTHORITY_HOST)',
+    `${TOKEN_PATH}/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`,
+  );
+  await accept(
+    'a leading // (AZURE_POD_IDENTITY_AUTHORITY_HOST ending in /)',
+    `//Metadata/identity/oauth2/token/?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`,
+  );
   await accept('/Metadata in another case', `/METADATA/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
   const rawResource = await accept('resource unencoded (Python)', `${TOKEN_PATH}?api-version=2018-02-01&resource=https://management.azure.com/`);
   t.equal(rawResource.json.resource, ARM);

@@ -18,7 +18,7 @@ t.test('instance and identity-info metadata from the emulator', async (t) => {
   t.equal(info.status, 200);
   t.match(info.json.tenantId, /^[0-9a-f-]{36}$/);
   const unknownSub = await stack.get('/metadata/instance/network/interface?api-version=2021-02-01');
-  t.equal(unknownSub.status, 404, 'the upstream\'s own 404 is passed on');
+  t.equal(unknownSub.status, 404, "the upstream's own 404 is passed on");
   t.equal(stack.emulator.stats().metadataRequests, 3);
   t.equal(stack.emulator.stats().challenges, 0, 'metadata is never challenged');
 });
@@ -93,7 +93,13 @@ t.test('an upstream that dies or stalls mid-body: a 5xx, never a truncated 200',
 });
 
 t.test('passthroughPath', async (t) => {
-  const query = new Map([['api-version', '2021-01-01'], ['format', 'text'], ['a b', 'c&d']]);
-  t.equal(passthroughPath({ route: 'instance', path: '/metadata/instance', query }, '2020-06-01'),
-    '/metadata/instance?api-version=2020-06-01&format=text&a%20b=c%26d');
+  const query = new Map([
+    ['api-version', '2021-01-01'],
+    ['format', 'text'],
+    ['a b', 'c&d'],
+  ]);
+  t.equal(
+    passthroughPath({ route: 'instance', path: '/metadata/instance', query }, '2020-06-01'),
+    '/metadata/instance?api-version=2020-06-01&format=text&a%20b=c%26d',
+  );
 });

@@ -14,13 +14,13 @@ t.test('the IMDS token response', async (t) => {
   const body = reply.json;
   t.same(Object.keys(body), ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type']);
   for (const [k, v] of Object.entries(body)) t.type(v, 'string', `${k} is a string`);
-  t.equal(body.resource, ARM, 'resource echoes the request, not HIMDS\'s empty string');
+  t.equal(body.resource, ARM, "resource echoes the request, not HIMDS's empty string");
   t.equal(body.token_type, 'Bearer');
   const now = Math.floor(Date.now() / 1000);
   t.ok(Math.abs(Number(body.expires_on) - (now + 3600)) <= 2, 'expires_on from upstream');
   t.ok(Math.abs(Number(body.expires_in) - (Number(body.expires_on) - now)) <= 1, 'expires_in recomputed from expires_on');
   t.equal(body.ext_expires_in, body.expires_in);
-  t.equal(claims(body.access_token).aud, ARM, 'the emulator\'s token for this resource');
+  t.equal(claims(body.access_token).aud, ARM, "the emulator's token for this resource");
   t.equal(body.client_id, claims(body.access_token).appid, 'client_id from the JWT appid claim');
   t.equal(stack.emulator.stats().lastTokenQuery?.['api-version'], '2020-06-01', 'HIMDS api-version upstream');
 });
@@ -74,7 +74,7 @@ t.test('user-assigned identities', async (t) => {
   t.equal(claims(byObject.json.access_token).oid, objectId);
 
   const system = await stack.get(armTokenPath());
-  t.not(byObject.json.client_id, system.json.client_id, 'a user-assigned token names its own client id, not the machine\'s');
+  t.not(byObject.json.client_id, system.json.client_id, "a user-assigned token names its own client id, not the machine's");
   const byObjectAgain = await stack.get(armTokenPath(`&object_id=${objectId}`));
   t.equal(byObjectAgain.json.client_id, byObject.json.client_id, 'consistently');
 
@@ -108,7 +108,7 @@ t.test('user-assigned identities', async (t) => {
   t.same(notFound.json, { error: 'invalid_request', error_description: 'Identity not found' });
 });
 
-t.test('only the resource, the selector, HIMDS\'s api-version and a forced refresh go upstream', async (t) => {
+t.test("only the resource, the selector, HIMDS's api-version and a forced refresh go upstream", async (t) => {
   const stack = await startStack();
   t.teardown(stack.close);
   const reply = await stack.get(armTokenPath('&bypass_cache=true&xms_cc=cp1&token_sha256_to_refresh=abc&extra=1'), {

@@ -98,7 +98,10 @@ t.test('repeated getToken: served by the SDK cache, across credential instances'
   const vaultAgain = await credential.getToken('https://vault.azure.net/.default');
   t.equal(vaultAgain.token, vault.token, 'and is cached from then on');
   await settle();
-  t.same(requests().map((r) => [r.query.resource, r.status]), [['https://vault.azure.net', 200]]);
+  t.same(
+    requests().map((r) => [r.query.resource, r.status]),
+    [['https://vault.azure.net', 200]],
+  );
   t.same(delta(), { tokensIssued: 1, challenges: 1, tokenRequests: 2 });
 });
 
@@ -111,7 +114,10 @@ t.test('concurrent first calls are not coalesced by the SDK, but by the proxy: o
   for (const token of tokens) t.equal(claimsOf(token.token).aud, 'https://graph.microsoft.com');
   const wire = requests();
   t.equal(wire.length, 4, 'the SDK sent four requests');
-  t.ok(wire.every((r) => r.status === 200), 'all answered 200');
+  t.ok(
+    wire.every((r) => r.status === 200),
+    'all answered 200',
+  );
   t.equal(delta().tokensIssued, 1, 'the proxy fetched one upstream token for all of them');
   t.equal(new Set(tokens.map((x) => x.token)).size, 1, 'and all four got it');
 });
@@ -123,7 +129,10 @@ t.test('user-assigned, emulator echoes the identity (UAMI-aware agent)', async (
     { name: 'objectId', options: { objectId: 'b2b2b2b2-0000-4000-8000-000000000002' }, param: 'object_id', claim: 'oid' },
     {
       name: 'resourceId',
-      options: { resourceId: '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-echo' },
+      options: {
+        resourceId:
+          '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-echo',
+      },
       param: 'msi_res_id',
       claim: 'xms_mirid',
     },
@@ -155,7 +164,10 @@ t.test('user-assigned, legacy agent ignores the selector: the proxy fails closed
     { name: 'objectId', options: { objectId: 'd4d4d4d4-0000-4000-8000-000000000004' }, param: 'object_id' },
     {
       name: 'resourceId',
-      options: { resourceId: '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-legacy' },
+      options: {
+        resourceId:
+          '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-legacy',
+      },
       param: 'msi_res_id',
     },
   ] as const;
@@ -191,7 +203,10 @@ t.test('user-assigned, legacy agent ignores the selector: the proxy fails closed
     t.same(replay.json, IDENTITY_NOT_FOUND, `${c.name}: IMDS "Identity not found" body`);
     t.notMatch(replay.text, /eyJ/, 'no token material in the answer');
   }
-  t.ok(stack.logs.some((l) => l.includes('"code":"identity_not_found"')), 'the proxy logged why');
+  t.ok(
+    stack.logs.some((l) => l.includes('"code":"identity_not_found"')),
+    'the proxy logged why',
+  );
 
   // The system-assigned identity is unaffected by the legacy agent (new resource: a cache miss).
   const system = await new ManagedIdentityCredential().getToken('https://database.windows.net/.default');
@@ -207,7 +222,11 @@ t.test('sendProbeRequest: true, and the probe request the SDK would send', async
   t.equal(claimsOf(token.token).aud, 'https://storage.azure.com');
   const wire = requests();
   // With AZURE_POD_IDENTITY_AUTHORITY_HOST set, imdsMsi.isAvailable returns true without probing.
-  t.same(wire.map((r) => r.headers.metadata), ['true'], 'no probe was sent: one request, with Metadata');
+  t.same(
+    wire.map((r) => r.headers.metadata),
+    ['true'],
+    'no probe was sent: one request, with Metadata',
+  );
   t.same(delta(), { tokensIssued: 1, challenges: 1, tokenRequests: 2 });
 
   // So send the probe by hand, as imdsMsi.js builds it: the bare token path, no query, Accept only, no

@@ -45,7 +45,8 @@ const UAMI = {
 const LEGACY_IDS = {
   client_id: '3e3e3e3e-0000-4000-8000-000000000033',
   object_id: '4f4f4f4f-0000-4000-8000-000000000044',
-  msi_res_id: '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-legacy',
+  msi_res_id:
+    '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uami-legacy',
 } as const;
 
 function userAssignedApp(param: keyof typeof UAMI, id: string = UAMI[param].id): ManagedIdentityApplication {
@@ -104,7 +105,7 @@ t.test('IMDS, system-assigned: acquireToken through the proxy', async (t) => {
   t.equal(requests().length, 2);
   t.same(requests()[1]?.query, { 'api-version': '2018-02-01', resource: ARM }, 'forceRefresh adds nothing to the query');
   // It asks for no fresh token (no bypass_cache), so the proxy's cache answers: HIMDS is not asked again.
-  t.equal(refreshed.accessToken, result.accessToken, 'the proxy\'s cached token');
+  t.equal(refreshed.accessToken, result.accessToken, "the proxy's cached token");
   t.same(delta(), { tokensIssued: 1, challenges: 1, tokenRequests: 2 });
 });
 
@@ -123,7 +124,16 @@ t.test('IMDS, the resource is echoed verbatim so msal-node caches a trailing-sla
   const reply = await stack.get(requests()[0]!.url);
   t.equal(reply.status, 200);
   t.equal(reply.json.resource, `${ARM}/`);
-  t.same(Object.keys(reply.json), ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type']);
+  t.same(Object.keys(reply.json), [
+    'access_token',
+    'client_id',
+    'expires_in',
+    'expires_on',
+    'ext_expires_in',
+    'not_before',
+    'resource',
+    'token_type',
+  ]);
 });
 
 t.test('IMDS, user-assigned with a UAMI-aware agent (echo)', async (t) => {
@@ -153,10 +163,12 @@ t.test('IMDS, user-assigned with a legacy agent (ignore): fail closed', async (t
     const delta = counters();
     const requests = recorder();
     const started = performance.now();
-    const error: any = await userAssignedApp(param, LEGACY_IDS[param]).acquireToken({ resource: ARM, forceRefresh: true }).then(
-      (r) => ({ errorCode: 'no error', errorMessage: `got a token for ${claimsOf(r.accessToken).appid}` }),
-      (err: unknown) => err,
-    );
+    const error: any = await userAssignedApp(param, LEGACY_IDS[param])
+      .acquireToken({ resource: ARM, forceRefresh: true })
+      .then(
+        (r) => ({ errorCode: 'no error', errorMessage: `got a token for ${claimsOf(r.accessToken).appid}` }),
+        (err: unknown) => err,
+      );
     const elapsed = performance.now() - started;
     await settle();
     t.equal(error.errorCode, 'invalid_request', `${param}: acquireToken rejects`);
@@ -187,15 +199,20 @@ t.test('IMDS, user-assigned identity unknown upstream (404 identity_not_found): 
   const requests = recorder();
   const started = performance.now();
   // An identity never asked for before: a confirmed one would rightly be served from the proxy's cache.
-  const error: any = await userAssignedApp('object_id', '5a5a5a5a-0000-4000-8000-000000000055').acquireToken({ resource: ARM, forceRefresh: true }).then(
-    () => ({ errorCode: 'no error' }),
-    (err: unknown) => err,
-  );
+  const error: any = await userAssignedApp('object_id', '5a5a5a5a-0000-4000-8000-000000000055')
+    .acquireToken({ resource: ARM, forceRefresh: true })
+    .then(
+      () => ({ errorCode: 'no error' }),
+      (err: unknown) => err,
+    );
   await settle();
   t.equal(error.errorCode, 'invalid_request');
   t.match(error.errorMessage, /Identity not found/);
   t.ok(performance.now() - started < 3000, 'at once: the upstream 404 did not become a retried status');
-  t.same(requests().map((r) => r.status), [400]);
+  t.same(
+    requests().map((r) => r.status),
+    [400],
+  );
   t.same(delta(), { tokensIssued: 0, challenges: 1, tokenRequests: 2 });
 });
 
@@ -231,7 +248,16 @@ function runArcChild(deadlineMs: number): Promise<ChildRun> {
     const child = spawn(
       'unshare',
       // $0 is node itself: no PATH lookup inside the namespace.
-      ['--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount -t tmpfs tmpfs /var/opt && exec "$0" test/fixtures/msal-arc.mjs', process.execPath],
+      [
+        '--mount',
+        '--propagation',
+        'private',
+        '--',
+        'sh',
+        '-c',
+        'mount -t tmpfs tmpfs /var/opt && exec "$0" test/fixtures/msal-arc.mjs',
+        process.execPath,
+      ],
       {
         cwd: REPO,
         // A clean environment: no AZURE_*/IDENTITY_*/proxy variables, no tap loaders in NODE_OPTIONS.
@@ -261,95 +287,101 @@ function runArcChild(deadlineMs: number): Promise<ChildRun> {
 }
 
 const arcSkip = arcSkipReason();
-t.test('Arc mode: msal-node straight against the built emulator, and the built proxy with the default tokens dir', arcSkip ? { skip: arcSkip } : {}, async (t) => {
-  const built = ['dist/emulator/himds.js', 'dist/server/proxy.js', 'dist/commands/serve.js', 'dist/observability/log.js'].every((f) => existsSync(`${REPO}/${f}`));
-  if (!built) {
-    t.fail('dist/ is not built: run `npm run build` (npm test does it as pretest)');
-    return;
-  }
-  const hostAgentDir = existsSync('/var/opt/azcmagent');
-  const hostTokensDir = existsSync('/var/opt/azcmagent/tokens');
+t.test(
+  'Arc mode: msal-node straight against the built emulator, and the built proxy with the default tokens dir',
+  arcSkip ? { skip: arcSkip } : {},
+  async (t) => {
+    const built = ['dist/emulator/himds.js', 'dist/server/proxy.js', 'dist/commands/serve.js', 'dist/observability/log.js'].every((f) =>
+      existsSync(`${REPO}/${f}`),
+    );
+    if (!built) {
+      t.fail('dist/ is not built: run `npm run build` (npm test does it as pretest)');
+      return;
+    }
+    const hostAgentDir = existsSync('/var/opt/azcmagent');
+    const hostTokensDir = existsSync('/var/opt/azcmagent/tokens');
 
-  const run = await runArcChild(15_000);
-  t.equal(run.killed, false, 'the child finished before its deadline');
-  t.equal(run.code, 0, `the child exited 0${run.stderr ? `; stderr: ${run.stderr.slice(0, 2000)}` : ''}`);
-  const line = run.stdout.split('\n').find((l) => l.startsWith('MSAL_ARC_RESULT '));
-  t.ok(line, 'the child printed its result line');
-  const r = JSON.parse(line?.slice('MSAL_ARC_RESULT '.length) ?? '{}');
-  t.equal(r.error, undefined, `no error in the child${r.error ? `: ${r.error}` : ''}`);
-  t.equal(r.steps?.at(-1), 'done', 'every step ran');
+    const run = await runArcChild(15_000);
+    t.equal(run.killed, false, 'the child finished before its deadline');
+    t.equal(run.code, 0, `the child exited 0${run.stderr ? `; stderr: ${run.stderr.slice(0, 2000)}` : ''}`);
+    const line = run.stdout.split('\n').find((l) => l.startsWith('MSAL_ARC_RESULT '));
+    t.ok(line, 'the child printed its result line');
+    const r = JSON.parse(line?.slice('MSAL_ARC_RESULT '.length) ?? '{}');
+    t.equal(r.error, undefined, `no error in the child${r.error ? `: ${r.error}` : ''}`);
+    t.equal(r.steps?.at(-1), 'done', 'every step ran');
 
-  // Nothing reached the host's /var/opt: the tmpfs lived in the child's mount namespace only.
-  if (!hostTokensDir) t.notOk(existsSync('/var/opt/azcmagent/tokens'), 'host /var/opt/azcmagent/tokens was not created');
-  if (!hostAgentDir) t.notOk(existsSync('/var/opt/azcmagent'), 'host /var/opt/azcmagent was not created');
-  t.equal(r.sandbox?.varOpt, 'tmpfs', 'the child ran on a tmpfs /var/opt');
+    // Nothing reached the host's /var/opt: the tmpfs lived in the child's mount namespace only.
+    if (!hostTokensDir) t.notOk(existsSync('/var/opt/azcmagent/tokens'), 'host /var/opt/azcmagent/tokens was not created');
+    if (!hostAgentDir) t.notOk(existsSync('/var/opt/azcmagent'), 'host /var/opt/azcmagent was not created');
+    t.equal(r.sandbox?.varOpt, 'tmpfs', 'the child ran on a tmpfs /var/opt');
 
-  t.equal(r.source, 'AzureArc', 'msal-node chose the Arc source from IDENTITY_ENDPOINT + IMDS_ENDPOINT');
+    t.equal(r.source, 'AzureArc', 'msal-node chose the Arc source from IDENTITY_ENDPOINT + IMDS_ENDPOINT');
 
-  // System-assigned, through the key-file challenge.
-  const s = r.system ?? {};
-  t.equal(s.aud, ARM, 'system-assigned token for the resource');
-  t.equal(s.fromCache, false);
-  t.equal(s.tokenType, 'Bearer');
-  t.same([s.tokensIssued, s.challenges, s.tokenRequests, s.rejectedKeys], [1, 1, 2, 0], 'one challenge, one authorized retry, key accepted');
-  t.ok(Math.abs(s.expiresOnMs - s.exp * 1000) <= 2000, 'msal-node read the emulator expires_on');
-  t.ok(Math.abs(s.expiresOnMs - (s.startedMs + DAY_MS)) < 60_000, '24 h token');
-  t.same(s.lastTokenQuery, { 'api-version': '2020-06-01', resource: ARM }, 'msal-node Arc sends api-version 2020-06-01');
-  t.equal(s.cachedSame, true, 'second acquireToken served from the msal-node cache');
-  t.equal(s.cachedUpstream, 0);
+    // System-assigned, through the key-file challenge.
+    const s = r.system ?? {};
+    t.equal(s.aud, ARM, 'system-assigned token for the resource');
+    t.equal(s.fromCache, false);
+    t.equal(s.tokenType, 'Bearer');
+    t.same([s.tokensIssued, s.challenges, s.tokenRequests, s.rejectedKeys], [1, 1, 2, 0], 'one challenge, one authorized retry, key accepted');
+    t.ok(Math.abs(s.expiresOnMs - s.exp * 1000) <= 2000, 'msal-node read the emulator expires_on');
+    t.ok(Math.abs(s.expiresOnMs - (s.startedMs + DAY_MS)) < 60_000, '24 h token');
+    t.same(s.lastTokenQuery, { 'api-version': '2020-06-01', resource: ARM }, 'msal-node Arc sends api-version 2020-06-01');
+    t.equal(s.cachedSame, true, 'second acquireToken served from the msal-node cache');
+    t.equal(s.cachedUpstream, 0);
 
-  // The wire, as the emulator saw it: 401 + realm, then the same request with Authorization: Basic.
-  const emulatorWire = (r.wire ?? []).filter((w: any) => w.server === 'emulator');
-  const [challenge, authorized] = emulatorWire;
-  t.equal(challenge?.status, 401);
-  t.match(challenge?.wwwAuthenticate, /^Basic realm=\/var\/opt\/azcmagent\/tokens\/[0-9a-f-]{36}\.key$/, 'realm in the real tokens dir');
-  t.equal(challenge?.authorization, null);
-  t.equal(challenge?.metadata, 'true');
-  t.equal(authorized?.url, challenge?.url, 'the retry is the same request');
-  t.equal(authorized?.authorization, 'Basic');
-  t.equal(authorized?.status, 200);
+    // The wire, as the emulator saw it: 401 + realm, then the same request with Authorization: Basic.
+    const emulatorWire = (r.wire ?? []).filter((w: any) => w.server === 'emulator');
+    const [challenge, authorized] = emulatorWire;
+    t.equal(challenge?.status, 401);
+    t.match(challenge?.wwwAuthenticate, /^Basic realm=\/var\/opt\/azcmagent\/tokens\/[0-9a-f-]{36}\.key$/, 'realm in the real tokens dir');
+    t.equal(challenge?.authorization, null);
+    t.equal(challenge?.metadata, 'true');
+    t.equal(authorized?.url, challenge?.url, 'the retry is the same request');
+    t.equal(authorized?.authorization, 'Basic');
+    t.equal(authorized?.status, 200);
 
-  // User-assigned: msal-node 7.2.3 forwards client_id / object_id / msi_res_id and checks the echo.
-  for (const param of ['client_id', 'object_id', 'msi_res_id']) {
-    const u = r.userAssigned?.[param] ?? {};
-    t.equal(u.ok, true, `${param}: acquired${u.message ? `: ${u.message}` : ''}`);
-    t.equal(u.claim, u.forwarded, `${param}: the token is the identity forwarded`);
-    t.ok(typeof u.claim === 'string' && u.claim.length > 0);
-  }
-  // A legacy agent (emulator 'ignore'): msal-node's own fail-closed check rejects the machine token.
-  t.equal(r.legacy?.ok, false, 'legacy agent: msal-node refuses the token');
-  t.equal(r.legacy?.errorCode, 'user_assigned_managed_identity_not_confirmed');
-  t.equal(r.legacy?.tokensIssued, 1, 'the emulator did hand out the machine token, as a legacy agent does');
+    // User-assigned: msal-node 7.2.3 forwards client_id / object_id / msi_res_id and checks the echo.
+    for (const param of ['client_id', 'object_id', 'msi_res_id']) {
+      const u = r.userAssigned?.[param] ?? {};
+      t.equal(u.ok, true, `${param}: acquired${u.message ? `: ${u.message}` : ''}`);
+      t.equal(u.claim, u.forwarded, `${param}: the token is the identity forwarded`);
+      t.ok(typeof u.claim === 'string' && u.claim.length > 0);
+    }
+    // A legacy agent (emulator 'ignore'): msal-node's own fail-closed check rejects the machine token.
+    t.equal(r.legacy?.ok, false, 'legacy agent: msal-node refuses the token');
+    t.equal(r.legacy?.errorCode, 'user_assigned_managed_identity_not_confirmed');
+    t.equal(r.legacy?.tokensIssued, 1, 'the emulator did hand out the machine token, as a legacy agent does');
 
-  // The proxy, configured by parseServe with no --tokens-dir, reads the same keys msal-node reads.
-  t.equal(r.proxyTokensDir, '/var/opt/azcmagent/tokens', 'default tokens dir');
-  t.equal(r.defaultTokensDir, r.proxyTokensDir);
-  const p = r.proxy ?? {};
-  t.equal(p.status, 200, `token through the proxy${p.error ? `: ${p.error}` : ''}`);
-  t.equal(p.contentType, 'application/json; charset=utf-8');
-  t.same(p.keys, ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type']);
-  t.equal(p.resource, `${ARM}/`, 'resource echoed verbatim');
-  t.equal(p.aud, `${ARM}/`);
-  t.equal(p.tokenType, 'Bearer');
-  t.equal(p.clientId, p.systemAppid, 'client_id is the machine identity');
-  t.ok(Number(p.expiresIn) > 86_000 && Number(p.expiresIn) <= 86_400, 'expires_in about 24 h');
-  t.same([p.tokensIssued, p.challenges], [1, 1]);
-  t.same(p.lastTokenQuery, { 'api-version': '2020-06-01', resource: `${ARM}/` });
-  const proxyLegs = (r.wire ?? []).filter((w: any) => w.server === 'emulator' && /resource=https%3A%2F%2Fmanagement\.azure\.com%2F$/.test(w.url));
-  t.same(
-    proxyLegs.map((w: any) => [w.status, w.headerNames.filter((h: string) => !/^(host|connection)$/i.test(h))]),
-    [
-      [401, ['Metadata']],
-      [200, ['Metadata', 'Authorization']],
-    ],
-    "the proxy sends HIMDS only Metadata (+ the key): nothing of the client's",
-  );
+    // The proxy, configured by parseServe with no --tokens-dir, reads the same keys msal-node reads.
+    t.equal(r.proxyTokensDir, '/var/opt/azcmagent/tokens', 'default tokens dir');
+    t.equal(r.defaultTokensDir, r.proxyTokensDir);
+    const p = r.proxy ?? {};
+    t.equal(p.status, 200, `token through the proxy${p.error ? `: ${p.error}` : ''}`);
+    t.equal(p.contentType, 'application/json; charset=utf-8');
+    t.same(p.keys, ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type']);
+    t.equal(p.resource, `${ARM}/`, 'resource echoed verbatim');
+    t.equal(p.aud, `${ARM}/`);
+    t.equal(p.tokenType, 'Bearer');
+    t.equal(p.clientId, p.systemAppid, 'client_id is the machine identity');
+    t.ok(Number(p.expiresIn) > 86_000 && Number(p.expiresIn) <= 86_400, 'expires_in about 24 h');
+    t.same([p.tokensIssued, p.challenges], [1, 1]);
+    t.same(p.lastTokenQuery, { 'api-version': '2020-06-01', resource: `${ARM}/` });
+    const proxyLegs = (r.wire ?? []).filter((w: any) => w.server === 'emulator' && /resource=https%3A%2F%2Fmanagement\.azure\.com%2F$/.test(w.url));
+    t.same(
+      proxyLegs.map((w: any) => [w.status, w.headerNames.filter((h: string) => !/^(host|connection)$/i.test(h))]),
+      [
+        [401, ['Metadata']],
+        [200, ['Metadata', 'Authorization']],
+      ],
+      "the proxy sends HIMDS only Metadata (+ the key): nothing of the client's",
+    );
 
-  t.equal(r.keysOutstanding, 0, 'every key file was used');
-  t.same(r.tokensDirLeft, [], 'and deleted');
-  t.same(r.offLoopback, [], 'the child sent nothing off 127.0.0.1');
-  t.ok(r.undiciRequests > 0, 'the child saw its fetch/undici requests (the loopback check is not vacuous)');
-});
+    t.equal(r.keysOutstanding, 0, 'every key file was used');
+    t.same(r.tokensDirLeft, [], 'and deleted');
+    t.same(r.offLoopback, [], 'the child sent nothing off 127.0.0.1');
+    t.ok(r.undiciRequests > 0, 'the child saw its fetch/undici requests (the loopback check is not vacuous)');
+  },
+);
 
 t.test('every client request stayed on 127.0.0.1', async (t) => {
   t.ok(observed.undici > 0, 'msal-node requests were observed');

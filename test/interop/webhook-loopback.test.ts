@@ -28,9 +28,13 @@ const freePort = await new Promise<number>((resolve, reject) => {
   server.on('error', reject);
 });
 
-const { config: settings } = parseWebhook(['--tls-cert', 'unused.crt', '--tls-key', 'unused.key', '--image', 'arc-imds-proxy:test', '--loopback-port', String(freePort)], {});
+const { config: settings } = parseWebhook(
+  ['--tls-cert', 'unused.crt', '--tls-key', 'unused.key', '--image', 'arc-imds-proxy:test', '--loopback-port', String(freePort)],
+  {},
+);
 const pod = {
-  apiVersion: 'v1', kind: 'Pod',
+  apiVersion: 'v1',
+  kind: 'Pod',
   metadata: { generateName: 'app-', labels: { 'arc-imds-proxy/inject': 'true' }, annotations: { 'arc-imds-proxy/net-admin': 'false' } },
   spec: { containers: [{ name: 'app', image: 'node:24-slim' }] },
 };
@@ -42,7 +46,8 @@ const sidecar = injected.initContainers[0];
 const authorityHost = injected.containers[0].env.find((e: any) => e.name === 'AZURE_POD_IDENTITY_AUTHORITY_HOST')?.value;
 
 // Were the injected value missing or elsewhere, the SDKs would fall back to 169.254.169.254: never let them try.
-if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(authorityHost ?? '')) throw new Error(`the webhook injected AZURE_POD_IDENTITY_AUTHORITY_HOST=${authorityHost}; not running the SDKs`);
+if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(authorityHost ?? ''))
+  throw new Error(`the webhook injected AZURE_POD_IDENTITY_AUTHORITY_HOST=${authorityHost}; not running the SDKs`);
 const listen: ListenAddress = parseListenAddress(flagValue(sidecar.args, 'listen')!);
 const stack = await startStack({ proxy: { listen: [listen] } });
 t.teardown(() => stack.close());
@@ -62,7 +67,10 @@ t.test('@azure/identity ManagedIdentityCredential finds the sidecar through the 
   t.equal(claimsOf(token.token).aud, 'https://management.azure.com', 'a token for the resource asked for');
   const wire = requests();
   t.ok(wire.length >= 1, 'it reached the proxy');
-  t.ok(wire.every((r) => r.path.startsWith(TOKEN_PATH) && r.status === 200), 'token requests, answered 200');
+  t.ok(
+    wire.every((r) => r.path.startsWith(TOKEN_PATH) && r.status === 200),
+    'token requests, answered 200',
+  );
 });
 
 t.test('@azure/msal-node ManagedIdentityApplication finds it too', async (t) => {

@@ -113,14 +113,17 @@ t.test('readiness means "a token can be minted"', async (t) => {
   t.ok(stack.emulator.stats().challenges - before <= 2, 'probes answer from the last check, not from HIMDS');
 });
 
-t.test('not ready when the key files cannot be read (as an unprivileged user)', { skip: process.getuid?.() !== 0 ? 'needs root to drop to nobody' : false }, async (t) => {
-  // The built proxy, as nobody, against a tokens directory only root can read.
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-perm-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  await chmod(dir, 0o700);
-  const emulator = await HimdsEmulator.start({ tokensDir: dir }, LOOPBACK); // root writes the keys
-  t.teardown(() => emulator.close());
-  const script = `
+t.test(
+  'not ready when the key files cannot be read (as an unprivileged user)',
+  { skip: process.getuid?.() !== 0 ? 'needs root to drop to nobody' : false },
+  async (t) => {
+    // The built proxy, as nobody, against a tokens directory only root can read.
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-perm-'));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    await chmod(dir, 0o700);
+    const emulator = await HimdsEmulator.start({ tokensDir: dir }, LOOPBACK); // root writes the keys
+    t.teardown(() => emulator.close());
+    const script = `
     const { parseServe } = await import(${JSON.stringify(path.resolve('dist/commands/serve.js'))});
     const { startProxy } = await import(${JSON.stringify(path.resolve('dist/server/proxy.js'))});
     const { createLogger } = await import(${JSON.stringify(path.resolve('dist/observability/log.js'))});
@@ -136,20 +139,21 @@ t.test('not ready when the key files cannot be read (as an unprivileged user)', 
     console.log(JSON.stringify(proxy.readiness.state));
     await proxy.close();
     process.exit(0);`;
-  // Asynchronously: the emulator in this process must keep answering while the child runs.
-  const child = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, ['--input-type=module', '-e', script], { timeout: 15_000 });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    c.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-  t.equal(child.status, 0, child.stderr);
-  const state = JSON.parse(child.stdout.trim().split('\n').pop() ?? '{}');
-  t.equal(state.ready, false);
-  t.match(state.reason, /permission denied reading key files in .*: run as root or in the himds group/);
-});
+    // Asynchronously: the emulator in this process must keep answering while the child runs.
+    const child = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--input-type=module', '-e', script], { timeout: 15_000 });
+      let stdout = '';
+      let stderr = '';
+      c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+      c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      c.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+    t.equal(child.status, 0, child.stderr);
+    const state = JSON.parse(child.stdout.trim().split('\n').pop() ?? '{}');
+    t.equal(state.ready, false);
+    t.match(state.reason, /permission denied reading key files in .*: run as root or in the himds group/);
+  },
+);
 
 t.test('the audit trail: first sight, then at most one line a minute with the count', async (t) => {
   const lines: any[] = [];
@@ -163,7 +167,14 @@ t.test('the audit trail: first sight, then at most one line a minute with the co
   // Another request object for the same subject (another URL asking for the same thing) counts as the same.
   for (let i = 0; i < 9; i++) audit.served('10.0.0.5', i % 2 ? system : tokenRequest('https://vault.azure.net', undefined, true));
   audit.served('10.0.0.5', uami);
-  t.same(lines.map((l) => [l.audit, l.selector]), [['first', 'system'], ['first', 'client_id=abc']], 'one line per new triple, none per hit');
+  t.same(
+    lines.map((l) => [l.audit, l.selector]),
+    [
+      ['first', 'system'],
+      ['first', 'client_id=abc'],
+    ],
+    'one line per new triple, none per hit',
+  );
   now += 60_000;
   audit.served('10.0.0.5', system);
   t.match(lines[2], { audit: 'count', client: '10.0.0.5', resource: 'https://vault.azure.net', selector: 'system', count: 10, sinceS: 60 });

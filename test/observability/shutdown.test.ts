@@ -28,8 +28,19 @@ t.test('SIGTERM under load: zero failed in-flight requests, readyz 503 while dra
   const emulator = await HimdsEmulator.start({ tokensDir: path.join(dir, 'tokens') }, LOOPBACK);
   t.teardown(() => emulator.close());
   const socket = path.join(dir, 'run', 'imds.sock');
-  const proxy = cli(t, ['serve', '--listen', '127.0.0.1:0', '--listen', `unix:${socket}`, '--admin-listen', '127.0.0.1:0',
-    '--upstream', emulator.url, '--tokens-dir', path.join(dir, 'tokens')]);
+  const proxy = cli(t, [
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--listen',
+    `unix:${socket}`,
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--upstream',
+    emulator.url,
+    '--tokens-dir',
+    path.join(dir, 'tokens'),
+  ]);
   const listening = await proxy.waitFor('listening');
   const admin = await proxy.waitFor('admin listening: /metrics /healthz /readyz');
   const base = `http://${listening.address}`;
@@ -64,8 +75,23 @@ t.test('--shutdown-timeout bounds the drain', async (t) => {
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const emulator = await HimdsEmulator.start({ tokensDir: dir, latencyMs: 20_000 }, LOOPBACK);
   t.teardown(() => emulator.close());
-  const proxy = cli(t, ['serve', '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--upstream', emulator.url, '--tokens-dir', dir,
-    '--shutdown-timeout', '300ms', '--upstream-timeout', '30s', '--request-timeout', '30s']);
+  const proxy = cli(t, [
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--admin-listen',
+    'off',
+    '--upstream',
+    emulator.url,
+    '--tokens-dir',
+    dir,
+    '--shutdown-timeout',
+    '300ms',
+    '--upstream-timeout',
+    '30s',
+    '--request-timeout',
+    '30s',
+  ]);
   const listening = await proxy.waitFor('listening');
   const stuck = get(`http://${listening.address}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x`).catch((e: Error) => e);
   await new Promise((r) => setTimeout(r, 100));
@@ -81,7 +107,19 @@ t.test('probe', async (t) => {
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const emulator = await HimdsEmulator.start({ tokensDir: dir }, LOOPBACK);
   t.teardown(() => emulator.close());
-  const proxy = cli(t, ['serve', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--upstream', emulator.url, '--tokens-dir', dir, '--readiness-interval', '200ms']);
+  const proxy = cli(t, [
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--upstream',
+    emulator.url,
+    '--tokens-dir',
+    dir,
+    '--readiness-interval',
+    '200ms',
+  ]);
   const admin = await proxy.waitFor('admin listening: /metrics /healthz /readyz');
   await proxy.waitFor('ready: a token can be minted');
   const base = `http://${admin.address}`;

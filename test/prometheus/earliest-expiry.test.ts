@@ -6,7 +6,12 @@ import { Metrics } from '../../src/observability/metrics.js';
 
 t.test('the earliest-expiry gauge is absent while the cache is empty, present once a token is cached', async (t) => {
   let earliest: number | undefined;
-  const metrics = new Metrics('0.0.0-test', { cacheEntries: () => 0, earliestExpirySeconds: () => earliest, fetchesInFlight: () => 0, ready: () => true });
+  const metrics = new Metrics('0.0.0-test', {
+    cacheEntries: () => 0,
+    earliestExpirySeconds: () => earliest,
+    fetchesInFlight: () => 0,
+    ready: () => true,
+  });
   const samples = async () => (await metrics.registry.metrics()).split('\n').filter((l) => l.startsWith('arc_imds_token_earliest_expiry_seconds'));
   t.same(await samples(), [], 'no sample with nothing cached');
   t.match(await metrics.registry.metrics(), /^# TYPE arc_imds_token_earliest_expiry_seconds gauge$/m, 'but the metric is declared');

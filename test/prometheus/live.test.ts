@@ -27,7 +27,14 @@ import { parse, stringify } from 'yaml';
 import { ROOT } from '../fixtures/deploy.js';
 import { fetchText, freePort, start, until, type Started } from './fixtures/processes.js';
 import {
-  DASHBOARD_FILE, deploymentObjects, monitoringObjects, podDiscovery, podMonitorJobs, prometheusTools, ruleFile, shippedRuleGroups,
+  DASHBOARD_FILE,
+  deploymentObjects,
+  monitoringObjects,
+  podDiscovery,
+  podMonitorJobs,
+  prometheusTools,
+  ruleFile,
+  shippedRuleGroups,
   type PodTarget,
 } from './fixtures/tools.js';
 
@@ -74,17 +81,50 @@ async function live(prometheusBin: string): Promise<void> {
   // --- the processes ------------------------------------------------------------------------------------------
   let emulator: Started | undefined;
   const startEmulator = async () => {
-    emulator = spawnCli('emulator', ['emulate-himds', '--listen', `127.0.0.1:${himdsPort}`, '--tokens-dir', tokensDir, '--token-lifetime', '30m', '--log-level', 'warn']);
+    emulator = spawnCli('emulator', [
+      'emulate-himds',
+      '--listen',
+      `127.0.0.1:${himdsPort}`,
+      '--tokens-dir',
+      tokensDir,
+      '--token-lifetime',
+      '30m',
+      '--log-level',
+      'warn',
+    ]);
     await until('the emulator to listen', async () => (await fetchText(`${HIMDS}/agentstatus`)).status === 200, 60_000);
   };
   await startEmulator();
   // A token lives 30 min (under the hour ArcImdsTokenExpiringSoon looks at); --refresh-ratio 0.001 makes a cached
   // token due for its background refresh after about 2 s, so refreshes happen (and fail) within the test.
   const common = ['--readiness-interval', '1s', '--refresh-ratio', '0.001', '--log-level', 'warn'];
-  const relay = spawnCli('relay', ['serve', '--listen', `unix:${relaySocket}`, '--upstream', HIMDS, '--tokens-dir', tokensDir, '--admin-listen', `127.0.0.1:${relayAdmin}`, ...common]);
-  const ready = (port: number) => until(`the admin listener on ${port} to be ready`, async () => (await fetchText(`http://127.0.0.1:${port}/readyz`)).status === 200, 60_000);
+  const relay = spawnCli('relay', [
+    'serve',
+    '--listen',
+    `unix:${relaySocket}`,
+    '--upstream',
+    HIMDS,
+    '--tokens-dir',
+    tokensDir,
+    '--admin-listen',
+    `127.0.0.1:${relayAdmin}`,
+    ...common,
+  ]);
+  const ready = (port: number) =>
+    until(`the admin listener on ${port} to be ready`, async () => (await fetchText(`http://127.0.0.1:${port}/readyz`)).status === 200, 60_000);
   await ready(relayAdmin);
-  spawnCli('sidecar', ['serve', '--listen', `127.0.0.1:${imdsPort}`, '--upstream', `unix:${relaySocket}`, '--tokens-dir', path.join(tmp, 'no-keys'), '--admin-listen', `127.0.0.1:${sidecarAdmin}`, ...common]);
+  spawnCli('sidecar', [
+    'serve',
+    '--listen',
+    `127.0.0.1:${imdsPort}`,
+    '--upstream',
+    `unix:${relaySocket}`,
+    '--tokens-dir',
+    path.join(tmp, 'no-keys'),
+    '--admin-listen',
+    `127.0.0.1:${sidecarAdmin}`,
+    ...common,
+  ]);
   await ready(sidecarAdmin);
 
   // --- Prometheus: the PodMonitors' jobs, the shipped rules with `for:` shortened -----------------------------------
@@ -124,14 +164,20 @@ async function live(prometheusBin: string): Promise<void> {
     rules: g.rules.map((r) => (r.for === undefined ? r : { ...r, for: '1s' })),
   }));
   await writeFile(path.join(tmp, 'rules.yaml'), ruleFile(testGroups));
-  await writeFile(path.join(tmp, 'prometheus.yml'), stringify({
-    global: { scrape_interval: INTERVAL, scrape_timeout: INTERVAL, evaluation_interval: INTERVAL },
-    rule_files: [path.join(tmp, 'rules.yaml')],
-    scrape_configs: jobs,
-  }));
+  await writeFile(
+    path.join(tmp, 'prometheus.yml'),
+    stringify({
+      global: { scrape_interval: INTERVAL, scrape_timeout: INTERVAL, evaluation_interval: INTERVAL },
+      rule_files: [path.join(tmp, 'rules.yaml')],
+      scrape_configs: jobs,
+    }),
+  );
   const prometheus = start('prometheus', prometheusBin, [
-    `--config.file=${path.join(tmp, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`,
-    `--web.listen-address=127.0.0.1:${promPort}`, '--web.enable-lifecycle', '--log.level=info',
+    `--config.file=${path.join(tmp, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${path.join(tmp, 'data')}`,
+    `--web.listen-address=127.0.0.1:${promPort}`,
+    '--web.enable-lifecycle',
+    '--log.level=info',
   ]);
   children.push(prometheus);
   await until('Prometheus to be ready', async () => (await fetchText(`${PROM}/-/ready`)).status === 200, 90_000);
@@ -153,11 +199,16 @@ async function live(prometheusBin: string): Promise<void> {
   const RELAY = { arc_imds_component: 'relay', namespace: relaySet.metadata.namespace, pod: RELAY_POD };
   const SIDECAR = { arc_imds_component: 'sidecar', namespace: workload.metadata.namespace, pod: SIDECAR_POD };
   const firing = (alertname: string, labels: Record<string, string>) =>
-    until(`${alertname} firing for ${JSON.stringify(labels)}`, async () => (await alerts()).find((a) => a.state === 'firing' && has(a.labels, { alertname, ...labels })));
+    until(`${alertname} firing for ${JSON.stringify(labels)}`, async () =>
+      (await alerts()).find((a) => a.state === 'firing' && has(a.labels, { alertname, ...labels })),
+    );
   const driven = new Set<string>();
 
   const token = (resource: string, extra: { localAddress?: string; query?: string } = {}) =>
-    fetchText(`${IMDS}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(resource)}${extra.query ?? ''}`, { headers: { Metadata: 'true' }, localAddress: extra.localAddress });
+    fetchText(`${IMDS}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(resource)}${extra.query ?? ''}`, {
+      headers: { Metadata: 'true' },
+      localAddress: extra.localAddress,
+    });
   /** Wait until Prometheus has scraped both targets after now (their up sample is newer). */
   const scrapedSinceNow = async () => {
     const now = Date.now() / 1000;
@@ -192,18 +243,30 @@ async function live(prometheusBin: string): Promise<void> {
     });
     t.ok(discovered > 2, `${discovered} container ports discovered for the two jobs`);
     t.equal(targets.droppedTargets.length, discovered - 2, 'every other discovered container port is dropped by the relabelling');
-    for (const [who, labels, port, monitor] of [['relay', RELAY, relayAdmin, 'arc-imds-relay'], ['sidecar', SIDECAR, sidecarAdmin, 'arc-imds-sidecars']] as const) {
+    for (const [who, labels, port, monitor] of [
+      ['relay', RELAY, relayAdmin, 'arc-imds-relay'],
+      ['sidecar', SIDECAR, sidecarAdmin, 'arc-imds-sidecars'],
+    ] as const) {
       const target = targets.activeTargets.find((x: any) => x.labels.arc_imds_component === who);
       t.ok(target, `a ${who} target`);
-      t.ok(has(target.labels, labels), `${who}: arc_imds_component, namespace and pod as the PodMonitor sets them (${JSON.stringify(target.labels)})`);
+      t.ok(
+        has(target.labels, labels),
+        `${who}: arc_imds_component, namespace and pod as the PodMonitor sets them (${JSON.stringify(target.labels)})`,
+      );
       t.equal(target.scrapeUrl, `http://127.0.0.1:${port}/metrics`, `${who}: its admin listener's /metrics`);
       t.match(target.labels.job, new RegExp(`/${monitor}$`), `${who}: job <namespace>/${monitor}`);
       t.equal(target.lastError, '', `${who}: no scrape error`);
       t.ok(target.lastScrapeDuration < 0.5, `${who}: the scrape took ${Math.round(target.lastScrapeDuration * 1000)} ms (under 500 ms)`);
     }
     for (const port of [relayAdmin, sidecarAdmin]) {
-      const r = await fetchText(`http://127.0.0.1:${port}/metrics`, { headers: { Accept: 'application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1' } });
-      t.equal(r.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8', `${port}: the Prometheus text format, which Prometheus parses without guessing`);
+      const r = await fetchText(`http://127.0.0.1:${port}/metrics`, {
+        headers: { Accept: 'application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1' },
+      });
+      t.equal(
+        r.headers['content-type'],
+        'text/plain; version=0.0.4; charset=utf-8',
+        `${port}: the Prometheus text format, which Prometheus parses without guessing`,
+      );
     }
   });
 
@@ -212,31 +275,55 @@ async function live(prometheusBin: string): Promise<void> {
   await t.test('while nothing is cached, the earliest-expiry gauge is absent (README: "absent when none")', async (t) => {
     await scrapedSinceNow();
     const entries = await query('arc_imds_token_cache_entries{arc_imds_component="sidecar"}');
-    t.same(entries.result.map((s) => s.value[1]), ['0'], 'the sidecar has cached nothing yet');
+    t.same(
+      entries.result.map((s) => s.value[1]),
+      ['0'],
+      'the sidecar has cached nothing yet',
+    );
     const r = await query('arc_imds_token_earliest_expiry_seconds{arc_imds_component="sidecar"}');
-    t.same(r.result.map((s) => s.value[1]), [], 'no earliest-expiry series for it (a 0 would read as "expires now")');
+    t.same(
+      r.result.map((s) => s.value[1]),
+      [],
+      'no earliest-expiry series for it (a 0 would read as "expires now")',
+    );
   });
 
   await t.test('healthy: tokens served, no alert pending or firing', async (t) => {
     t.equal((await token(ARM)).status, 200, 'a token');
     t.equal((await token(ARM)).status, 200, 'the same token, cached');
-    t.equal((await fetchText(`${IMDS}/metadata/instance?api-version=2021-02-01`, { headers: { Metadata: 'true' } })).status, 200, 'instance metadata');
+    t.equal(
+      (await fetchText(`${IMDS}/metadata/instance?api-version=2021-02-01`, { headers: { Metadata: 'true' } })).status,
+      200,
+      'instance metadata',
+    );
     await scrapedSinceNow();
     for (let i = 0; i < 3; i++) {
       await scrapedSinceNow(); // and the rules evaluated on it
       const active = await alerts();
-      t.same(active.map((a) => `${a.labels.alertname} ${a.state}`), [], `evaluation ${i + 1}: no alert active`);
+      t.same(
+        active.map((a) => `${a.labels.alertname} ${a.state}`),
+        [],
+        `evaluation ${i + 1}: no alert active`,
+      );
     }
     const expiry = await query('arc_imds_token_earliest_expiry_seconds');
-    t.ok(expiry.result.length >= 1 && expiry.result.every((s) => Number(s.value[1]) > 1500 && Number(s.value[1]) <= 1800), 'the earliest token expires in 25-30 min (--token-lifetime 30m)');
+    t.ok(
+      expiry.result.length >= 1 && expiry.result.every((s) => Number(s.value[1]) > 1500 && Number(s.value[1]) <= 1800),
+      'the earliest token expires in 25-30 min (--token-lifetime 30m)',
+    );
   });
 
   await t.test('no series grows with client input: a burst of distinct resources, identities and clients adds none', async (t) => {
     // The kinds of request the burst makes, once before counting, so that their (bounded) label values exist.
-    t.equal((await token('https://vault.azure.net', { query: '&client_id=00000000-0000-0000-0000-00000000000a' })).status, 200, 'a user-assigned token');
+    t.equal(
+      (await token('https://vault.azure.net', { query: '&client_id=00000000-0000-0000-0000-00000000000a' })).status,
+      200,
+      'a user-assigned token',
+    );
     await scrapedSinceNow();
     const selector = '{job=~"podMonitor/.+"}';
-    const series = async () => (await api('series', { 'match[]': selector, start: String(T0), end: String(Date.now() / 1000 + 60) })) as Record<string, string>[];
+    const series = async () =>
+      (await api('series', { 'match[]': selector, start: String(T0), end: String(Date.now() / 1000 + 60) })) as Record<string, string>[];
     const before = await series();
     const N = 40;
     const inputs: string[] = [];
@@ -252,7 +339,11 @@ async function live(prometheusBin: string): Promise<void> {
     await scrapedSinceNow();
     const after = await series();
     const ours = (list: Record<string, string>[]) => list.filter((s) => s.__name__!.startsWith('arc_imds_')).length;
-    t.equal(ours(after), ours(before), `arc_imds_* series: ${ours(before)} before, ${ours(after)} after ${N} distinct resources, identities and client addresses`);
+    t.equal(
+      ours(after),
+      ours(before),
+      `arc_imds_* series: ${ours(before)} before, ${ours(after)} after ${N} distinct resources, identities and client addresses`,
+    );
     const leaked = after.filter((s) => Object.values(s).some((v) => inputs.some((x) => v.includes(x))));
     t.same(leaked, [], `no series (of ${after.length}, ${before.length} before) has a label value from the requests`);
     const cached = await query('arc_imds_token_cache_entries{arc_imds_component="sidecar"}');
@@ -282,12 +373,25 @@ async function live(prometheusBin: string): Promise<void> {
       t.ok(notReady, `ArcImdsNotReady fires for the relay: ${notReady.annotations.summary}`);
       t.ok(await firing('ArcImdsUpstreamErrors', RELAY), 'ArcImdsUpstreamErrors fires for the relay (HIMDS refuses connections)');
       t.ok(await firing('ArcImdsUpstreamErrors', SIDECAR), 'and for the sidecar (the relay answers 503)');
-      t.ok(await firing('ArcImdsTokenRequestsFailing', SIDECAR), `ArcImdsTokenRequestsFailing fires for the sidecar (${driven503} token requests got 503)`);
-      t.ok(await firing('ArcImdsTokenRefreshFailing', RELAY), 'ArcImdsTokenRefreshFailing fires for the relay (its background refreshes of the ARM token fail)');
+      t.ok(
+        await firing('ArcImdsTokenRequestsFailing', SIDECAR),
+        `ArcImdsTokenRequestsFailing fires for the sidecar (${driven503} token requests got 503)`,
+      );
+      t.ok(
+        await firing('ArcImdsTokenRefreshFailing', RELAY),
+        'ArcImdsTokenRefreshFailing fires for the relay (its background refreshes of the ARM token fail)',
+      );
       const soon = await firing('ArcImdsTokenExpiringSoon', RELAY);
       t.ok(Number(soon.value) > 0 && Number(soon.value) < 3600, `ArcImdsTokenExpiringSoon fires for the relay: ${soon.annotations.description}`);
       t.equal((await token(ARM)).status, 200, 'meanwhile the cached token is still served');
-      for (const a of ['ArcImdsNotReady', 'ArcImdsUpstreamErrors', 'ArcImdsTokenRequestsFailing', 'ArcImdsTokenRefreshFailing', 'ArcImdsTokenExpiringSoon']) driven.add(a);
+      for (const a of [
+        'ArcImdsNotReady',
+        'ArcImdsUpstreamErrors',
+        'ArcImdsTokenRequestsFailing',
+        'ArcImdsTokenRefreshFailing',
+        'ArcImdsTokenExpiringSoon',
+      ])
+        driven.add(a);
     } finally {
       driving = false;
       await driver;
@@ -300,15 +404,28 @@ async function live(prometheusBin: string): Promise<void> {
     await until('ArcImdsNotReady to clear', async () => !(await alerts()).some((a) => a.labels.alertname === 'ArcImdsNotReady'));
     t.pass('no ArcImdsNotReady, pending or firing, for either component');
     const r = await query('arc_imds_ready');
-    t.same(r.result.map((s) => s.value[1]), ['1', '1'], 'arc_imds_ready is 1 for both');
+    t.same(
+      r.result.map((s) => s.value[1]),
+      ['1', '1'],
+      'arc_imds_ready is 1 for both',
+    );
   });
 
   await t.test('HIMDS slow (3 s an answer): the upstream latency alert', async (t) => {
-    const set = (latencyMs: number) => fetchText(`${HIMDS}/__emulator/faults`, { method: 'POST', body: JSON.stringify({ latencyMs }), headers: { 'Content-Type': 'application/json' } });
+    const set = (latencyMs: number) =>
+      fetchText(`${HIMDS}/__emulator/faults`, {
+        method: 'POST',
+        body: JSON.stringify({ latencyMs }),
+        headers: { 'Content-Type': 'application/json' },
+      });
     t.equal((await set(3000)).status, 200, 'the emulator answers every request after 3 s');
     try {
       const slow = await Promise.all([1, 2, 3].map((i) => token(`https://slow-${i}.example.test`)));
-      t.same(slow.map((r) => r.status), [200, 200, 200], 'slow tokens are still served (under --upstream-timeout)');
+      t.same(
+        slow.map((r) => r.status),
+        [200, 200, 200],
+        'slow tokens are still served (under --upstream-timeout)',
+      );
       const high = await firing('ArcImdsUpstreamLatencyHigh', { ...RELAY, leg: 'token' });
       t.ok(Number(high.value) > 2, `ArcImdsUpstreamLatencyHigh fires for the relay's token leg: ${high.annotations.description}`);
       driven.add('ArcImdsUpstreamLatencyHigh');
@@ -365,11 +482,17 @@ async function live(prometheusBin: string): Promise<void> {
         if (p.type === 'stat' || target.instant) {
           const r = await query(expr);
           t.equal(r.resultType, 'vector', `${where}: an instant vector, as a ${p.type} panel shows`);
-          t.ok(r.result.length > 0 && r.result.every((s) => Number.isFinite(Number(s.value[1]))), `${where}: ${r.result.length} series, numbers (${expr})`);
+          t.ok(
+            r.result.length > 0 && r.result.every((s) => Number.isFinite(Number(s.value[1]))),
+            `${where}: ${r.result.length} series, numbers (${expr})`,
+          );
         } else {
           const r = await api('query_range', { query: expr, start: String(T0), end: String(Date.now() / 1000), step: '1' });
           t.equal(r.resultType, 'matrix', `${where}: a range result, as a ${p.type} panel plots`);
-          t.ok(r.result.some((s: any) => s.values.some((v: any) => Number.isFinite(Number(v[1])))), `${where}: ${r.result.length} series with data (${expr})`);
+          t.ok(
+            r.result.some((s: any) => s.values.some((v: any) => Number.isFinite(Number(v[1])))),
+            `${where}: ${r.result.length} series with data (${expr})`,
+          );
         }
       }
     }
@@ -383,20 +506,32 @@ async function live(prometheusBin: string): Promise<void> {
   });
 
   t.test('every shipped alert was driven live', async (t) => {
-    t.same(shipped.flatMap((g) => g.rules.map((r) => r.alert)).filter((a) => !driven.has(a)), [], `driven: ${[...driven].join(', ')}`);
+    t.same(
+      shipped.flatMap((g) => g.rules.map((r) => r.alert)).filter((a) => !driven.has(a)),
+      [],
+      `driven: ${[...driven].join(', ')}`,
+    );
   });
 
   t.test("Prometheus's own view: no scrape problems, no warnings or errors logged", async (t) => {
     const own = (await fetchText(`${PROM}/metrics`)).text;
     for (const name of [
-      'prometheus_target_scrapes_exceeded_sample_limit_total', 'prometheus_target_scrapes_sample_duplicate_timestamp_total',
-      'prometheus_target_scrapes_sample_out_of_bounds_total', 'prometheus_target_scrapes_sample_out_of_order_total',
+      'prometheus_target_scrapes_exceeded_sample_limit_total',
+      'prometheus_target_scrapes_sample_duplicate_timestamp_total',
+      'prometheus_target_scrapes_sample_out_of_bounds_total',
+      'prometheus_target_scrapes_sample_out_of_order_total',
       'prometheus_rule_evaluation_failures_total',
     ]) {
-      const total = own.split('\n').filter((l) => l.startsWith(name)).reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+      const total = own
+        .split('\n')
+        .filter((l) => l.startsWith(name))
+        .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
       t.equal(total, 0, `${name} is 0`);
     }
-    const problems = prometheus.output().split('\n').filter((l) => /level=(warn|error)/.test(l));
+    const problems = prometheus
+      .output()
+      .split('\n')
+      .filter((l) => /level=(warn|error)/.test(l));
     t.same(problems, [], 'no warn or error lines in its log');
   });
 }

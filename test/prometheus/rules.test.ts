@@ -64,10 +64,20 @@ async function checks(promtool: string): Promise<void> {
     const cases: any[] = unit.tests.flatMap((x: any) => x.alert_rule_test ?? []);
     for (const name of alertNames) {
       const mine = cases.filter((c) => c.alertname === name);
-      t.ok(mine.some((c) => (c.exp_alerts ?? []).length > 0), `${name}: a case where it fires`);
-      t.ok(mine.some((c) => (c.exp_alerts ?? []).length === 0), `${name}: a case where it must not`);
+      t.ok(
+        mine.some((c) => (c.exp_alerts ?? []).length > 0),
+        `${name}: a case where it fires`,
+      );
+      t.ok(
+        mine.some((c) => (c.exp_alerts ?? []).length === 0),
+        `${name}: a case where it must not`,
+      );
     }
-    t.same(cases.map((c) => c.alertname).filter((n) => !alertNames.includes(n)), [], 'no case names an alert that is not shipped');
+    t.same(
+      cases.map((c) => c.alertname).filter((n) => !alertNames.includes(n)),
+      [],
+      'no case names an alert that is not shipped',
+    );
   });
 
   t.test('the unit tests can fail: each alert removed, or its for: dropped, fails them', async (t) => {

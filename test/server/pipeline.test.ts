@@ -64,14 +64,32 @@ const tokens = new TokenCache(
   async (request) => {
     fetched.push(request);
     if (upstreamFails) throw upstreamFails;
-    return makeToken({ accessToken: 'header.payload.sig', expiresOn: Math.floor(Date.now() / 1000) + 3600, notBefore: '', tokenType: 'Bearer', clientId: 'c' });
+    return makeToken({
+      accessToken: 'header.payload.sig',
+      expiresOn: Math.floor(Date.now() / 1000) + 3600,
+      notBefore: '',
+      tokenType: 'Bearer',
+      clientId: 'c',
+    });
   },
-  { maxEntries: 100, minRemainingMs: 300_000, refreshRatio: 0.5, refreshBeforeMs: 600_000, forceRefreshIntervalMs: 30_000, upstreamConcurrency: 4, upstreamQueue: 4, fetchTimeoutMs: 5000 },
+  {
+    maxEntries: 100,
+    minRemainingMs: 300_000,
+    refreshRatio: 0.5,
+    refreshBeforeMs: 600_000,
+    forceRefreshIntervalMs: 30_000,
+    upstreamConcurrency: 4,
+    upstreamQueue: 4,
+    fetchTimeoutMs: 5000,
+  },
   log,
 );
 const metrics = new Metrics('test', { cacheEntries: () => 0, earliestExpirySeconds: () => undefined, fetchesInFlight: () => 0, ready: () => true });
 // Never reached by these cases: passthrough is tested against the emulator.
-const upstream = new UpstreamClient({ kind: 'unix', path: '/nonexistent/upstream.sock', origin: 'http://localhost' }, { attemptTimeoutMs: 100, connections: 1 });
+const upstream = new UpstreamClient(
+  { kind: 'unix', path: '/nonexistent/upstream.sock', origin: 'http://localhost' },
+  { attemptTimeoutMs: 100, connections: 1 },
+);
 const audit = new Audit(log);
 t.teardown(async () => {
   audit.stop();
@@ -79,7 +97,11 @@ t.teardown(async () => {
 });
 const handle = createRequestHandler({
   config: { himdsApiVersion: '2020-06-01', requestTimeoutMs: 1000 },
-  log, tokens, upstream, metrics, audit,
+  log,
+  tokens,
+  upstream,
+  metrics,
+  audit,
   draining: { now: false },
   policy: new ResourcePolicy(['https://management.azure.com/', 'https://vault.azure.net*']),
   limits: new ListenerLimits({ rateLimit: undefined, concurrencyLimit: undefined }),
@@ -112,7 +134,14 @@ const CASES: [name: string, url: string, headers: Record<string, string> | undef
   ['no resource', `${TOKEN}?api-version=2018-02-01`, undefined, 'GET', 400, 'invalid_request'],
   ['two selectors', `${ARM}&client_id=a&object_id=b`, undefined, 'GET', 400, 'invalid_request'],
   ['resource not allowed', `${TOKEN}?api-version=2018-02-01&resource=https://storage.azure.com/`, undefined, 'GET', 403, 'invalid_request'],
-  ['prefix across a host boundary', `${TOKEN}?api-version=2018-02-01&resource=https://vault.azure.net.evil.example`, undefined, 'GET', 403, 'invalid_request'],
+  [
+    'prefix across a host boundary',
+    `${TOKEN}?api-version=2018-02-01&resource=https://vault.azure.net.evil.example`,
+    undefined,
+    'GET',
+    403,
+    'invalid_request',
+  ],
   ['a token', ARM, undefined, 'GET', 200, ''],
   ['absolute form for IMDS (an HTTP-proxy client)', `http://169.254.169.254${ARM}`, undefined, 'GET', 200, ''],
   ['absolute form, explicit port 80', `HTTP://169.254.169.254:80${ARM}`, undefined, 'GET', 200, ''],
@@ -138,11 +167,36 @@ t.test('typed upstream failures become their IMDS answers', async (t) => {
   const cases: [UpstreamFailure, number, string, string | undefined][] = [
     [new UpstreamFailure('refused', 'connection refused by x'), 503, 'temporarily_unavailable', '1'],
     [new UpstreamFailure('timeout', 'no answer from x in time'), 503, 'temporarily_unavailable', '1'],
-    [new UpstreamFailure('status', '503', { upstream: { status: 503, retryAfter: '7', error: undefined, description: undefined } }), 503, 'temporarily_unavailable', '7'],
-    [new UpstreamFailure('status', '429', { upstream: { status: 429, retryAfter: '2', error: undefined, description: undefined } }), 429, 'invalid_request', '2'],
-    [new UpstreamFailure('status', '504', { upstream: { status: 504, retryAfter: undefined, error: undefined, description: undefined } }), 504, 'upstream_error', undefined],
-    [new UpstreamFailure('status', '404', { upstream: { status: 404, retryAfter: undefined, error: 'identity_not_found', description: undefined } }), 400, 'invalid_request', undefined],
-    [new UpstreamFailure('status', '403', { upstream: { status: 403, retryAfter: undefined, error: 'invalid_request', description: undefined } }), 403, 'invalid_request', undefined],
+    [
+      new UpstreamFailure('status', '503', { upstream: { status: 503, retryAfter: '7', error: undefined, description: undefined } }),
+      503,
+      'temporarily_unavailable',
+      '7',
+    ],
+    [
+      new UpstreamFailure('status', '429', { upstream: { status: 429, retryAfter: '2', error: undefined, description: undefined } }),
+      429,
+      'invalid_request',
+      '2',
+    ],
+    [
+      new UpstreamFailure('status', '504', { upstream: { status: 504, retryAfter: undefined, error: undefined, description: undefined } }),
+      504,
+      'upstream_error',
+      undefined,
+    ],
+    [
+      new UpstreamFailure('status', '404', { upstream: { status: 404, retryAfter: undefined, error: 'identity_not_found', description: undefined } }),
+      400,
+      'invalid_request',
+      undefined,
+    ],
+    [
+      new UpstreamFailure('status', '403', { upstream: { status: 403, retryAfter: undefined, error: 'invalid_request', description: undefined } }),
+      403,
+      'invalid_request',
+      undefined,
+    ],
     [new UpstreamFailure('bad_body', 'not JSON'), 502, 'upstream_error', undefined],
     [new UpstreamFailure('challenge', 'bad realm', { reason: 'bad_realm' }), 500, 'challenge_failed', undefined],
     [new UpstreamFailure('identity', 'no echo'), 400, 'invalid_request', undefined],

@@ -9,17 +9,19 @@ async function burst(port: number, path: string, n: number) {
   const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
   try {
     return await Promise.all(
-      Array.from({ length: n }, () =>
-        new Promise<{ status: number; token: string }>((resolve, reject) => {
-          http
-            .get({ host: '127.0.0.1', port, path, headers: { Metadata: 'true' }, agent }, (res) => {
-              let text = '';
-              res.setEncoding('utf8');
-              res.on('data', (c: string) => (text += c));
-              res.on('end', () => resolve({ status: res.statusCode!, token: (JSON.parse(text) as { access_token?: string }).access_token ?? '' }));
-            })
-            .on('error', reject);
-        }),
+      Array.from(
+        { length: n },
+        () =>
+          new Promise<{ status: number; token: string }>((resolve, reject) => {
+            http
+              .get({ host: '127.0.0.1', port, path, headers: { Metadata: 'true' }, agent }, (res) => {
+                let text = '';
+                res.setEncoding('utf8');
+                res.on('data', (c: string) => (text += c));
+                res.on('end', () => resolve({ status: res.statusCode!, token: (JSON.parse(text) as { access_token?: string }).access_token ?? '' }));
+              })
+              .on('error', reject);
+          }),
       ),
     );
   } finally {
@@ -32,12 +34,21 @@ t.test('1,000 concurrent cold requests for one resource: one upstream fetch; a s
   const stack = await startStack({ emulator: { latencyMs: 300 } });
   t.teardown(stack.close);
   const first = await burst(stack.port, armTokenPath(), 1000);
-  t.ok(first.every((r) => r.status === 200), 'all 1,000 answered 200');
+  t.ok(
+    first.every((r) => r.status === 200),
+    'all 1,000 answered 200',
+  );
   t.equal(new Set(first.map((r) => r.token)).size, 1, 'all got the same token');
-  t.same({ tokensIssued: stack.emulator.stats().tokensIssued, challenges: stack.emulator.stats().challenges }, { tokensIssued: 1, challenges: 1 },
-    'the emulator issued one token after one challenge');
+  t.same(
+    { tokensIssued: stack.emulator.stats().tokensIssued, challenges: stack.emulator.stats().challenges },
+    { tokensIssued: 1, challenges: 1 },
+    'the emulator issued one token after one challenge',
+  );
   const second = await burst(stack.port, armTokenPath(), 1000);
-  t.ok(second.every((r) => r.status === 200 && r.token === first[0]!.token), 'the second burst: the cached token');
+  t.ok(
+    second.every((r) => r.status === 200 && r.token === first[0]!.token),
+    'the second burst: the cached token',
+  );
   t.equal(stack.emulator.stats().tokensIssued, 1, 'and no upstream fetch');
 });
 

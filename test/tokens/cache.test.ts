@@ -26,7 +26,13 @@ function scriptedFetch(clock: FakeClock, lifetimeMs = 24 * HOUR) {
   const plan: (() => Promise<Token>)[] = [];
   let serial = 0;
   const token = (lifetime = lifetimeMs) =>
-    makeToken({ accessToken: `token-${++serial}`, expiresOn: Math.floor((clock.ms + lifetime) / 1000), notBefore: '', tokenType: 'Bearer', clientId: '' });
+    makeToken({
+      accessToken: `token-${++serial}`,
+      expiresOn: Math.floor((clock.ms + lifetime) / 1000),
+      notBefore: '',
+      tokenType: 'Bearer',
+      clientId: '',
+    });
   const fetch = async (request: TokenRequest) => {
     calls.push(request);
     const next = plan.shift();
@@ -42,10 +48,23 @@ const request = (resource = 'https://management.azure.com/', extra: { selector?:
 const flush = () => new Promise((r) => setImmediate(r));
 
 function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
-  return new TokenCache(fetch, {
-    maxEntries: 1000, minRemainingMs: 5 * MIN, refreshRatio: 0.5, refreshBeforeMs: 10 * MIN, forceRefreshIntervalMs: 30_000,
-    upstreamConcurrency: 16, upstreamQueue: 256, fetchTimeoutMs: 15_000, clock, random, ...options,
-  }, log);
+  return new TokenCache(
+    fetch,
+    {
+      maxEntries: 1000,
+      minRemainingMs: 5 * MIN,
+      refreshRatio: 0.5,
+      refreshBeforeMs: 10 * MIN,
+      forceRefreshIntervalMs: 30_000,
+      upstreamConcurrency: 16,
+      upstreamQueue: 256,
+      fetchTimeoutMs: 15_000,
+      clock,
+      random,
+      ...options,
+    },
+    log,
+  );
 }
 
 t.test('keys (the request subject): exact resource and selector; nothing else', async (t) => {
@@ -68,7 +87,11 @@ t.test('hits, misses and single-flight', async (t) => {
   release();
   const served = await Promise.all(burst);
   t.equal(new Set(served.map((s) => s.token.accessToken)).size, 1, 'all got the same token');
-  t.same(served.map((s) => s.result).filter((r) => r === 'miss'), ['miss'], 'one caused it');
+  t.same(
+    served.map((s) => s.result).filter((r) => r === 'miss'),
+    ['miss'],
+    'one caused it',
+  );
   t.equal(served.filter((s) => s.result === 'coalesced').length, 99, 'the rest joined it');
   const again = await cache.getToken(request());
   t.equal(again.result, 'hit');
@@ -154,7 +177,10 @@ t.test('never serve past expires_on, whatever min-remaining says', async (t) => 
   const up = scriptedFetch(clock, HOUR);
   const cache = cacheWith(clock, up.fetch, { minRemainingMs: 0 });
   const first = await cache.getToken(request());
-  up.plan.push(() => Promise.reject(new ImdsError('upstream_unavailable')), () => Promise.reject(new ImdsError('upstream_unavailable')));
+  up.plan.push(
+    () => Promise.reject(new ImdsError('upstream_unavailable')),
+    () => Promise.reject(new ImdsError('upstream_unavailable')),
+  );
   clock.ms = first.token.expiresOn * 1000 + 1;
   await t.rejects(cache.getToken(request()), { code: 'upstream_unavailable' });
 });
@@ -187,7 +213,10 @@ t.test('forced refresh, limited per key', async (t) => {
   t.equal(up.calls.length, 2);
   const burst = await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
   t.equal(up.calls.length, 2, 'a burst of forced refreshes right after one: no fetch');
-  t.ok(burst.every((s) => s.token.accessToken === forced.token.accessToken), 'they get the newest token');
+  t.ok(
+    burst.every((s) => s.token.accessToken === forced.token.accessToken),
+    'they get the newest token',
+  );
   clock.advance(30_000);
   await Promise.all(Array.from({ length: 10 }, () => cache.getToken(request(undefined, { forceRefresh: true }))));
   t.equal(up.calls.length, 3, 'a concurrent burst after the window: one fetch');
@@ -248,10 +277,22 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
       signal.addEventListener('abort', () => reject(new ImdsError('upstream_unavailable', 'aborted')), { once: true });
     });
   };
-  const cache = new TokenCache(fetch, {
-    maxEntries: 1000, minRemainingMs: 5 * MIN, refreshRatio: 0.5, refreshBeforeMs: 10 * MIN, forceRefreshIntervalMs: 30_000,
-    upstreamConcurrency: 2, upstreamQueue: 3, fetchTimeoutMs: 15_000, clock, random: () => 0,
-  }, log);
+  const cache = new TokenCache(
+    fetch,
+    {
+      maxEntries: 1000,
+      minRemainingMs: 5 * MIN,
+      refreshRatio: 0.5,
+      refreshBeforeMs: 10 * MIN,
+      forceRefreshIntervalMs: 30_000,
+      upstreamConcurrency: 2,
+      upstreamQueue: 3,
+      fetchTimeoutMs: 15_000,
+      clock,
+      random: () => 0,
+    },
+    log,
+  );
   const clients = Array.from({ length: 5 }, (_, i) => ({ gone: new AbortController(), resource: `https://r${i}/` }));
   const waits = clients.map((c) => cache.getToken(request(c.resource), c.gone.signal).catch((e: unknown) => e));
   await flush();
@@ -266,7 +307,10 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
   const shared = cache.getToken(request('https://r0/'), second.signal);
   for (const c of clients) c.gone.abort();
   const outcomes = await Promise.all(waits);
-  t.ok(outcomes.every((e) => e instanceof FetchFailure && e.kind === 'abandoned'), 'the clients that left are told so');
+  t.ok(
+    outcomes.every((e) => e instanceof FetchFailure && e.kind === 'abandoned'),
+    'the clients that left are told so',
+  );
   await flush();
   await flush();
   t.equal(cache.inFlight, 1, 'abandoned fetches are gone; r0 still has a client');
@@ -284,7 +328,7 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
   t.equal((await fresh).result, 'miss');
 });
 
-t.test('a background refresh is the cache\'s own: clients that join and leave do not cancel it', async (t) => {
+t.test("a background refresh is the cache's own: clients that join and leave do not cancel it", async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock);
   const cache = cacheWith(clock, up.fetch);
@@ -366,7 +410,10 @@ t.test('upstream concurrency is bounded; the rest queue', async (t) => {
 t.test('prefetch warms the cache and survives failures', async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock);
-  up.plan.push(async () => up.token(), () => Promise.reject(new ImdsError('upstream_unavailable')));
+  up.plan.push(
+    async () => up.token(),
+    () => Promise.reject(new ImdsError('upstream_unavailable')),
+  );
   const cache = cacheWith(clock, up.fetch);
   await cache.prefetch(['a', 'b']);
   t.equal((await cache.getToken(request('a'))).result, 'hit');

@@ -9,7 +9,8 @@ import { makeToken, renderTokenResponse } from '../../src/values/token.js';
 import { parseToken } from '../../src/upstream/token-fetch.js';
 import { armTokenPath, scriptedUpstream, startStack } from '../fixtures/stack.js';
 
-const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+const json =
+  (status: number, body: unknown, headers: Record<string, string> = {}) =>
   (_req: unknown, res: import('node:http').ServerResponse) => {
     res.writeHead(status, { 'Content-Type': 'application/json', ...headers });
     res.end(typeof body === 'string' ? body : JSON.stringify(body));
@@ -97,25 +98,36 @@ t.test('the challenge', async (t) => {
 
   t.test('a second 401 is an error, never a loop', async (t) => {
     await writeFile(keyFile, 'the-key');
-    const { stack, upstream } = await scripted(t, (_req, res) => {
-      res.writeHead(401, { 'Www-Authenticate': `Basic realm=${keyFile}` });
-      res.end('{}');
-    }, { tokensDir: dir });
+    const { stack, upstream } = await scripted(
+      t,
+      (_req, res) => {
+        res.writeHead(401, { 'Www-Authenticate': `Basic realm=${keyFile}` });
+        res.end('{}');
+      },
+      { tokensDir: dir },
+    );
     const reply = await stack.get(armTokenPath());
     t.equal(reply.status, 500);
     t.match(reply.json.error_description, /rejected the key/);
     t.equal(upstream.requests.length, 2, 'exactly one authorized retry');
     t.equal(upstream.requests[1]!.headers.authorization, 'Basic the-key', 'the raw file contents, not base64');
     t.notMatch(reply.text, /the-key/, 'the key never reaches the client');
-    t.notOk(stack.logs.some((l) => l.includes('the-key')), 'nor the logs');
+    t.notOk(
+      stack.logs.some((l) => l.includes('the-key')),
+      'nor the logs',
+    );
   });
 
   t.test('hostile realms are refused and nothing is read', async (t) => {
     for (const realm of ['/etc/passwd', `${dir}/../${path.basename(dir)}/x.key`, `${dir}/x y.key`, '']) {
-      const { stack, upstream } = await scripted(t, (_req, res) => {
-        res.writeHead(401, { 'Www-Authenticate': `Basic realm=${realm}` });
-        res.end();
-      }, { tokensDir: dir });
+      const { stack, upstream } = await scripted(
+        t,
+        (_req, res) => {
+          res.writeHead(401, { 'Www-Authenticate': `Basic realm=${realm}` });
+          res.end();
+        },
+        { tokensDir: dir },
+      );
       const reply = await stack.get(armTokenPath());
       t.equal(reply.status, 500, `realm ${JSON.stringify(realm)}`);
       t.equal(reply.json.error, 'challenge_failed');
@@ -133,10 +145,14 @@ t.test('the challenge', async (t) => {
 
   t.test('the key deleted between the 401 and the read', async (t) => {
     const gone = path.join(dir, '00000000-0000-0000-0000-000000000000.key');
-    const { stack } = await scripted(t, (_req, res) => {
-      res.writeHead(401, { 'Www-Authenticate': `Basic realm=${gone}` });
-      res.end();
-    }, { tokensDir: dir });
+    const { stack } = await scripted(
+      t,
+      (_req, res) => {
+        res.writeHead(401, { 'Www-Authenticate': `Basic realm=${gone}` });
+        res.end();
+      },
+      { tokensDir: dir },
+    );
     const reply = await stack.get(armTokenPath());
     t.equal(reply.status, 500);
     t.match(reply.json.error_description, /does not exist/);
@@ -146,17 +162,39 @@ t.test('the challenge', async (t) => {
 t.test('unusable upstream answers', async (t) => {
   const cases: [string, Parameters<typeof scriptedUpstream>[0], number, RegExp][] = [
     ['non-JSON 200', (_q, s) => s.end('not json'), 502, /not a JSON object/],
-    ['HTML 200', (_q, s) => { s.writeHead(200, { 'Content-Type': 'text/html' }); s.end('<html>hi</html>'); }, 502, /not a JSON object/],
+    [
+      'HTML 200',
+      (_q, s) => {
+        s.writeHead(200, { 'Content-Type': 'text/html' });
+        s.end('<html>hi</html>');
+      },
+      502,
+      /not a JSON object/,
+    ],
     ['JSON array', json(200, [1, 2]), 502, /not a JSON object/],
     ['no access_token', json(200, { expires_on: future() }), 502, /no access_token/],
     ['no expiry', json(200, { access_token: 'x' }), 502, /expires_on/],
     ['expired', json(200, { access_token: 'x', expires_on: '1000' }), 502, /already expired/],
     ['huge body', (_q, s) => s.end('x'.repeat(100_000)), 502, /larger than/],
     ['500 with a description', json(500, { error: 'boom', error_description: 'disk on fire' }), 500, /500: disk on fire/],
-    ['a 400 about our api-version is not final', json(400, { error: 'invalid_request', error_description: 'Invalid API version' }), 500, /check --himds-api-version/],
+    [
+      'a 400 about our api-version is not final',
+      json(400, { error: 'invalid_request', error_description: 'Invalid API version' }),
+      500,
+      /check --himds-api-version/,
+    ],
     ['400 passed on', json(400, { error: 'invalid_resource', error_description: 'AADSTS500011: resource principal not found' }), 400, /AADSTS500011/],
     ['unexpected 404', json(404, { error: 'nope' }), 502, /unexpected status 404/],
-    ['reset mid-response', (_q, s) => { s.writeHead(200, { 'Content-Length': '100' }); s.write('{"access'); setTimeout(() => s.socket?.destroy(), 10); }, 503, /reset|in time/],
+    [
+      'reset mid-response',
+      (_q, s) => {
+        s.writeHead(200, { 'Content-Length': '100' });
+        s.write('{"access');
+        setTimeout(() => s.socket?.destroy(), 10);
+      },
+      503,
+      /reset|in time/,
+    ],
   ];
   for (const [name, handler, status, description] of cases) {
     const { stack } = await scripted(t, handler);
@@ -168,7 +206,10 @@ t.test('unusable upstream answers', async (t) => {
 });
 
 t.test('a relay upstream answers 200 at once (no challenge), in the IMDS shape', async (t) => {
-  const { stack, upstream } = await scripted(t, json(200, { ...goodToken(), expires_on: undefined, expires_in: '600', resource: 'x', client_id: 'echoed' }));
+  const { stack, upstream } = await scripted(
+    t,
+    json(200, { ...goodToken(), expires_on: undefined, expires_in: '600', resource: 'x', client_id: 'echoed' }),
+  );
   const reply = await stack.get(armTokenPath());
   t.equal(reply.status, 200);
   t.equal(reply.json.access_token, 'opaque-token');
@@ -183,17 +224,36 @@ t.test('token parsing and rendering', async (t) => {
   t.equal(token.notBefore, '1000', 'numeric fields are accepted and shown as strings');
   const text = renderTokenResponse(token, { resource: 'r"\u2028', selector: undefined }, 1500.9);
   t.same(JSON.parse(text), {
-    access_token: 'a"b', client_id: '', expires_in: '500', expires_on: '2000', ext_expires_in: '500',
-    not_before: '1000', resource: 'r"\u2028', token_type: 'Bearer',
+    access_token: 'a"b',
+    client_id: '',
+    expires_in: '500',
+    expires_on: '2000',
+    ext_expires_in: '500',
+    not_before: '1000',
+    resource: 'r"\u2028',
+    token_type: 'Bearer',
   });
-  const expired = renderTokenResponse(makeToken({ accessToken: 'x', expiresOn: 10, notBefore: '', tokenType: 'Bearer', clientId: '' }), { resource: 'r', selector: undefined }, 20);
+  const expired = renderTokenResponse(
+    makeToken({ accessToken: 'x', expiresOn: 10, notBefore: '', tokenType: 'Bearer', clientId: '' }),
+    { resource: 'r', selector: undefined },
+    20,
+  );
   t.equal(JSON.parse(expired).expires_in, '0', 'never negative');
   const byObject = renderTokenResponse(token, { resource: 'r', selector: { kind: 'object_id', value: 'o-1' } }, 1500);
   t.equal(JSON.parse(byObject).object_id, 'o-1', 'an object_id selection is echoed, so a sidecar behind a relay can confirm it');
-  t.same(Object.keys(JSON.parse(byObject)).slice(0, 8), ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type'], 'IMDS field order');
+  t.same(
+    Object.keys(JSON.parse(byObject)).slice(0, 8),
+    ['access_token', 'client_id', 'expires_in', 'expires_on', 'ext_expires_in', 'not_before', 'resource', 'token_type'],
+    'IMDS field order',
+  );
   const byClient = renderTokenResponse(token, { resource: 'r', selector: { kind: 'client_id', value: 'c-1' } }, 1500);
   t.equal(byClient.split('"client_id"').length - 1, 1, 'a client_id selection is not echoed twice (client_id is always there)');
-  t.throws(() => parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000 }), { kind: 'object_id', value: 'o' }, 1500), { code: 'upstream_identity' });
-  t.equal(parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000, mi_res_id: '/R' }), { kind: 'msi_res_id', value: '/r' }, 1500).accessToken, 'x',
-    'an agent echoing mi_res_id is accepted, case-insensitively');
+  t.throws(() => parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000 }), { kind: 'object_id', value: 'o' }, 1500), {
+    code: 'upstream_identity',
+  });
+  t.equal(
+    parseToken(JSON.stringify({ access_token: 'x', expires_on: 2000, mi_res_id: '/R' }), { kind: 'msi_res_id', value: '/r' }, 1500).accessToken,
+    'x',
+    'an agent echoing mi_res_id is accepted, case-insensitively',
+  );
 });

@@ -21,7 +21,10 @@ const pki = makePki();
 t.teardown(() => pki.remove());
 const { cert, key } = pki.issue('server');
 const MAX = 65_536;
-const { config } = parseWebhook(['--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key, '--image', 'arc-imds-proxy', '--max-request-bytes', String(MAX)], {});
+const { config } = parseWebhook(
+  ['--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key, '--image', 'arc-imds-proxy', '--max-request-bytes', String(MAX)],
+  {},
+);
 const logs: any[] = [];
 const webhook = await startWebhook(config, createLogger('info', { write: (line: string) => void logs.push(JSON.parse(line)) }));
 t.teardown(() => webhook.close());
@@ -30,7 +33,12 @@ const base = webhook.url;
 /** The example's pod template as a Pod: what the webhook should produce. */
 function examplePod(): any {
   const template = structuredClone(yamlDocument(EXAMPLE).spec.template);
-  return { apiVersion: 'v1', kind: 'Pod', metadata: { ...template.metadata, generateName: 'example-app-', namespace: 'team-a' }, spec: template.spec };
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { ...template.metadata, generateName: 'example-app-', namespace: 'team-a' },
+    spec: template.spec,
+  };
 }
 
 /** The example without what the webhook injects, opted in by label: what a user writes. */
@@ -75,7 +83,10 @@ t.test('a labelled pod comes back as the hand-written example, schema-valid', as
   t.equal(response.allowed, true);
   t.equal(response.patchType, 'JSONPatch');
   t.notOk(response.warnings, 'no warnings');
-  t.ok(ops!.every((o) => o.op === 'add'), 'only add operations: nothing the pod has is replaced or removed');
+  t.ok(
+    ops!.every((o) => o.op === 'add'),
+    'only add operations: nothing the pod has is replaced or removed',
+  );
   t.same(errors, [], 'the patch applies cleanly (rfc6902)');
   t.ok(validates(patched), 'the patched pod is a valid Pod (kubernetes-models)');
 
@@ -84,7 +95,11 @@ t.test('a labelled pod comes back as the hand-written example, schema-valid', as
   t.same(patched.spec.initContainers, expected.spec.initContainers, 'init containers: netns-setup and the sidecar, exactly as the example');
   t.same(patched, expected, 'the whole pod is the example (plus the opt-in label)');
   t.same(patched.spec.containers, before.spec.containers, "the app's containers are unchanged");
-  t.same({ ...patched.spec.securityContext, sysctls: undefined }, { ...before.spec.securityContext, sysctls: undefined }, "the pod's security context is unchanged but for the sysctl");
+  t.same(
+    { ...patched.spec.securityContext, sysctls: undefined },
+    { ...before.spec.securityContext, sysctls: undefined },
+    "the pod's security context is unchanged but for the sysctl",
+  );
   const log = logs.find((l) => l.uid === review.request.uid);
   t.match(log, { msg: 'admission', outcome: 'injected', namespace: 'team-a', pod: 'example-app-' }, 'the decision is logged');
 
@@ -102,11 +117,15 @@ t.test('what the sidecar runs is a valid serve command line, with the workload f
   const sidecar = patched.spec.initContainers.find((c: any) => c.name === 'arc-imds-sidecar');
   const env = Object.fromEntries(sidecar.env.filter((e: any) => e.value !== undefined).map((e: any) => [e.name, e.value]));
   t.same(invocationProblems(sidecar.args, env), [], sidecar.args.join(' '));
-  t.same(sidecar.env.slice(1), [
-    { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
-    { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-    { name: 'ARC_IMDS_WORKLOAD', value: '$(POD_NAMESPACE)/$(POD_NAME)' },
-  ], 'POD_NAMESPACE and POD_NAME (fieldRef) defined before ARC_IMDS_WORKLOAD refers to them');
+  t.same(
+    sidecar.env.slice(1),
+    [
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'ARC_IMDS_WORKLOAD', value: '$(POD_NAMESPACE)/$(POD_NAME)' },
+    ],
+    'POD_NAMESPACE and POD_NAME (fieldRef) defined before ARC_IMDS_WORKLOAD refers to them',
+  );
 });
 
 t.test('unlabelled pods, other kinds and other operations come back unchanged, without warnings', async (t) => {
@@ -135,12 +154,28 @@ t.test('unlabelled pods, other kinds and other operations come back unchanged, w
 t.test('hostNetwork and conflicting pods come back unchanged, with a warning saying why', async (t) => {
   const cases: [string, (pod: any) => void, RegExp][] = [
     ['hostNetwork', (p) => (p.spec.hostNetwork = true), /hostNetwork pod shares the node's network namespace.*IDENTITY_ENDPOINT and IMDS_ENDPOINT/],
-    ['an init container named netns-setup', (p) => (p.spec.initContainers = [{ name: 'netns-setup', image: 'busybox:1.37' }]), /a container named netns-setup/],
-    ['a container named arc-imds-sidecar', (p) => p.spec.containers.push({ name: 'arc-imds-sidecar', image: 'busybox:1.37' }), /a container named arc-imds-sidecar/],
+    [
+      'an init container named netns-setup',
+      (p) => (p.spec.initContainers = [{ name: 'netns-setup', image: 'busybox:1.37' }]),
+      /a container named netns-setup/,
+    ],
+    [
+      'a container named arc-imds-sidecar',
+      (p) => p.spec.containers.push({ name: 'arc-imds-sidecar', image: 'busybox:1.37' }),
+      /a container named arc-imds-sidecar/,
+    ],
     ['a volume named arc-imds-run', (p) => (p.spec.volumes = [{ name: 'arc-imds-run', emptyDir: {} }]), /a volume named arc-imds-run/],
-    ['port 80 in use', (p) => (p.spec.containers[0].ports = [{ containerPort: 80 }]), /container app uses port 80, the sidecar's 169\.254\.169\.254:80/],
+    [
+      'port 80 in use',
+      (p) => (p.spec.containers[0].ports = [{ containerPort: 80 }]),
+      /container app uses port 80, the sidecar's 169\.254\.169\.254:80/,
+    ],
     ['the admin port in use', (p) => (p.spec.containers[0].ports = [{ name: 'otel', containerPort: 9464 }]), /port 9464, the sidecar's admin port/],
-    ['the sysctl set otherwise', (p) => (p.spec.securityContext.sysctls = [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '1024' }]), /ip_unprivileged_port_start=1024/],
+    [
+      'the sysctl set otherwise',
+      (p) => (p.spec.securityContext.sysctls = [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '1024' }]),
+      /ip_unprivileged_port_start=1024/,
+    ],
   ];
   for (const [what, change, warning] of cases) {
     const pod = userPod();
@@ -152,7 +187,10 @@ t.test('hostNetwork and conflicting pods come back unchanged, with a warning say
     t.equal(response.warnings?.length, 1, `${what}: one warning`);
     t.match(response.warnings?.[0], /^arc-imds-proxy: not injected: /, `${what}: says it was not injected`);
     t.match(response.warnings?.[0], warning, `${what}: says why`);
-    t.ok(response.warnings.every((w: string) => w.length <= 256), `${what}: within the API server's warning length`);
+    t.ok(
+      response.warnings.every((w: string) => w.length <= 256),
+      `${what}: within the API server's warning length`,
+    );
   }
 });
 
@@ -163,17 +201,37 @@ t.test('a pod with init containers, volumes and sysctls of its own: ours go firs
   pod.spec.securityContext.sysctls = [{ name: 'net.ipv4.ping_group_range', value: '0 2147483647' }];
   const { patched, errors } = await mutate(pod);
   t.same(errors, []);
-  t.same(patched.spec.initContainers.map((c: any) => c.name), ['netns-setup', 'arc-imds-sidecar', 'migrate'], 'ours first: the app\'s init containers get IMDS too');
-  t.same(patched.spec.volumes.map((v: any) => v.name), ['data', 'arc-imds-run'], 'the socket volume appended');
-  t.same(patched.spec.securityContext.sysctls.map((s: any) => s.name), ['net.ipv4.ping_group_range', 'net.ipv4.ip_unprivileged_port_start'], 'the sysctl appended');
+  t.same(
+    patched.spec.initContainers.map((c: any) => c.name),
+    ['netns-setup', 'arc-imds-sidecar', 'migrate'],
+    "ours first: the app's init containers get IMDS too",
+  );
+  t.same(
+    patched.spec.volumes.map((v: any) => v.name),
+    ['data', 'arc-imds-run'],
+    'the socket volume appended',
+  );
+  t.same(
+    patched.spec.securityContext.sysctls.map((s: any) => s.name),
+    ['net.ipv4.ping_group_range', 'net.ipv4.ip_unprivileged_port_start'],
+    'the sysctl appended',
+  );
   t.ok(validates(patched), 'schema-valid');
   const bare = userPod();
   delete bare.spec.securityContext;
   const injected = await mutate(bare);
-  t.same(injected.patched.spec.securityContext, { sysctls: [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }] }, 'no pod security context: only the sysctl');
+  t.same(
+    injected.patched.spec.securityContext,
+    { sysctls: [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }] },
+    'no pod security context: only the sysctl',
+  );
   const already = userPod();
   already.spec.securityContext.sysctls = [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }];
-  t.same((await mutate(already)).patched.spec.securityContext.sysctls, already.spec.securityContext.sysctls, 'the sysctl set to 0 already: not added twice');
+  t.same(
+    (await mutate(already)).patched.spec.securityContext.sysctls,
+    already.spec.securityContext.sysctls,
+    'the sysctl set to 0 already: not added twice',
+  );
 });
 
 t.test('annotations: the --allow-resource list and the sidecar resources', async (t) => {
@@ -187,7 +245,11 @@ t.test('annotations: the --allow-resource list and the sidecar resources', async
   };
   const { patched } = await mutate(pod);
   const sidecar = patched.spec.initContainers.find((c: any) => c.name === 'arc-imds-sidecar');
-  t.same(sidecar.args.slice(-4), ['--allow-resource', 'https://vault.azure.net', '--allow-resource', 'https://storage.azure.com/*'], '--allow-resource, one per listed resource');
+  t.same(
+    sidecar.args.slice(-4),
+    ['--allow-resource', 'https://vault.azure.net', '--allow-resource', 'https://storage.azure.com/*'],
+    '--allow-resource, one per listed resource',
+  );
   t.same(sidecar.resources, { requests: { cpu: '20m', memory: '64Mi' }, limits: { cpu: '500m', memory: '256Mi' } }, 'resources from the annotations');
   t.same(invocationProblems(sidecar.args, {}), [], 'a valid serve command line');
   t.ok(validates(patched), 'schema-valid');
@@ -224,7 +286,10 @@ t.test('without NET_ADMIN: no netns-setup, the sidecar on 127.0.0.1, the SDKs po
   const names = patched.spec.initContainers.map((c: any) => c.name);
   t.same(names, ['arc-imds-sidecar', 'warm-up'], 'no netns-setup');
   const all = [...patched.spec.initContainers, ...patched.spec.containers];
-  t.notOk(all.some((c: any) => c.securityContext?.capabilities?.add), 'no capability added anywhere');
+  t.notOk(
+    all.some((c: any) => c.securityContext?.capabilities?.add),
+    'no capability added anywhere',
+  );
   t.equal(patched.spec.securityContext.sysctls, undefined, 'no sysctl (the sidecar binds a high port)');
   const sidecar = patched.spec.initContainers[0];
   t.same(sidecar.args.slice(0, 3), ['serve', '--listen', '127.0.0.1:9469'], 'the sidecar listens on 127.0.0.1:9469');
@@ -242,7 +307,11 @@ t.test('without NET_ADMIN: no netns-setup, the sidecar on 127.0.0.1, the SDKs po
   conflicting.spec.containers[0].ports = [{ containerPort: 80 }];
   const declined = await mutate(conflicting);
   t.equal(declined.response.patch, undefined, 'a container that sets the variable itself: not injected');
-  t.match(declined.response.warnings, [/container worker sets AZURE_POD_IDENTITY_AUTHORITY_HOST already/], 'said so (and port 80 is no conflict in this mode)');
+  t.match(
+    declined.response.warnings,
+    [/container worker sets AZURE_POD_IDENTITY_AUTHORITY_HOST already/],
+    'said so (and port 80 is no conflict in this mode)',
+  );
   const loopbackPort = structuredClone(pod);
   loopbackPort.spec.containers[1].ports = [{ containerPort: 9469 }];
   t.match((await mutate(loopbackPort)).response.warnings, [/port 9469, the sidecar's 127\.0\.0\.1:9469/], 'the loopback port in use: declined');
@@ -256,12 +325,27 @@ t.test('bad requests get a clear error and the webhook keeps answering', async (
   const cases: [string, string, number, RegExp][] = [
     ['not JSON', '{"apiVersion": ', 400, /the body is not JSON .*expected an AdmissionReview/],
     ['a JSON array', '[]', 400, /not a JSON object/],
-    ['wrong kind', JSON.stringify({ ...review, kind: 'Pod' }), 400, /expected kind AdmissionReview, apiVersion admission\.k8s\.io\/v1; got kind "Pod"/],
-    ['wrong version', JSON.stringify({ ...review, apiVersion: 'admission.k8s.io/v1beta1' }), 400, /got kind "AdmissionReview", apiVersion "admission\.k8s\.io\/v1beta1" \(set admissionReviewVersions: \["v1"\]\)/],
+    [
+      'wrong kind',
+      JSON.stringify({ ...review, kind: 'Pod' }),
+      400,
+      /expected kind AdmissionReview, apiVersion admission\.k8s\.io\/v1; got kind "Pod"/,
+    ],
+    [
+      'wrong version',
+      JSON.stringify({ ...review, apiVersion: 'admission.k8s.io/v1beta1' }),
+      400,
+      /got kind "AdmissionReview", apiVersion "admission\.k8s\.io\/v1beta1" \(set admissionReviewVersions: \["v1"\]\)/,
+    ],
     ['no request', JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' }), 400, /has no request/],
     ['no uid', JSON.stringify({ ...review, request: { ...review.request, uid: undefined } }), 400, /request has no uid/],
     ['an empty uid', JSON.stringify({ ...review, request: { ...review.request, uid: '' } }), 400, /request has no uid/],
-    ['a uid of 129 characters', JSON.stringify({ ...review, request: { ...review.request, uid: 'u'.repeat(129) } }), 400, /uid is longer than 128 characters/],
+    [
+      'a uid of 129 characters',
+      JSON.stringify({ ...review, request: { ...review.request, uid: 'u'.repeat(129) } }),
+      400,
+      /uid is longer than 128 characters/,
+    ],
   ];
   for (const [what, body, status, message] of cases) {
     const reply = await post(body);
@@ -272,12 +356,24 @@ t.test('bad requests get a clear error and the webhook keeps answering', async (
   const tooLarge = await post(huge);
   t.equal(tooLarge.status, 413, 'a huge body (Content-Length): 413');
   t.match(tooLarge.json?.error, /larger than 65536 bytes \(--max-request-bytes\)/);
-  const chunked = await httpsRequest(`${base}/mutate`, pki.ca, { method: 'POST', headers: { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' }, body: huge });
+  const chunked = await httpsRequest(`${base}/mutate`, pki.ca, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' },
+    body: huge,
+  });
   t.equal(chunked.status, 413, 'a huge body without Content-Length (chunked): 413 too');
   const noObject = podReview(null);
   const denied = await postReview(base, pki.ca, noObject);
-  t.same(denied.json.response, { uid: noObject.request.uid, allowed: false, status: { code: 400, message: 'arc-imds-proxy: request.object is not a Pod with a spec' } }, 'no pod in a pod review: denied, with the reason');
-  t.match((await post(JSON.stringify(review), { 'Content-Type': 'text/plain' })).json, { error: /content-type text\/plain: send application\/json/ }, 'wrong content type: 415');
+  t.same(
+    denied.json.response,
+    { uid: noObject.request.uid, allowed: false, status: { code: 400, message: 'arc-imds-proxy: request.object is not a Pod with a spec' } },
+    'no pod in a pod review: denied, with the reason',
+  );
+  t.match(
+    (await post(JSON.stringify(review), { 'Content-Type': 'text/plain' })).json,
+    { error: /content-type text\/plain: send application\/json/ },
+    'wrong content type: 415',
+  );
   t.equal((await httpsRequest(`${base}/mutate`, pki.ca)).status, 405, 'GET /mutate: 405');
   t.equal((await httpsRequest(`${base}/healthz`, pki.ca, { method: 'POST' })).status, 405, 'POST /healthz: 405');
   const missing = await httpsRequest(`${base}/validate`, pki.ca);
@@ -286,5 +382,8 @@ t.test('bad requests get a clear error and the webhook keeps answering', async (
   const health = await httpsRequest(`${base}/healthz`, pki.ca);
   t.same([health.status, health.json], [200, { status: 'ok' }], 'and it is still healthy');
   t.equal((await mutate(userPod())).response.allowed, true, 'and still injects');
-  t.ok(logs.some((l) => l.level === 'warn' && /not JSON/.test(l.reason ?? '')), 'refusals are logged as warnings');
+  t.ok(
+    logs.some((l) => l.level === 'warn' && /not JSON/.test(l.reason ?? '')),
+    'refusals are logged as warnings',
+  );
 });

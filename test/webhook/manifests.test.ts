@@ -11,8 +11,17 @@ import { admit } from '../../src/webhook/admission.js';
 import { INJECT_LABEL, SIDECAR_LABEL } from '../../src/webhook/injection.js';
 import { parseWebhook } from '../../src/commands/webhook.js';
 import {
-  COMPONENTS, KUBERNETES_DIR, composition, flagValue, imageReplacement, kubectlKustomize, kubectlPath, objectKey, portOf,
-  renderKustomization, splitCommand,
+  COMPONENTS,
+  KUBERNETES_DIR,
+  composition,
+  flagValue,
+  imageReplacement,
+  kubectlKustomize,
+  kubectlPath,
+  objectKey,
+  portOf,
+  renderKustomization,
+  splitCommand,
 } from '../fixtures/deploy.js';
 import { SERVICE_NAME, podReview } from '../fixtures/webhook.js';
 
@@ -21,10 +30,18 @@ const render = (dir: string) => {
   const offline = renderKustomization(dir);
   if (!kubectl) return { objects: offline, agree: true };
   const objects = kubectlKustomize(kubectl, dir);
-  const agree = objects.length === offline.length && objects.every((o) => isDeepStrictEqual(o, offline.find((x) => objectKey(x) === objectKey(o))));
+  const agree =
+    objects.length === offline.length &&
+    objects.every((o) =>
+      isDeepStrictEqual(
+        o,
+        offline.find((x) => objectKey(x) === objectKey(o)),
+      ),
+    );
   return { objects, agree };
 };
-const find = (objects: any[], kind: string, name?: string) => objects.find((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+const find = (objects: any[], kind: string, name?: string) =>
+  objects.find((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
 
 t.test('each component renders on its own with base (kubectl kustomize and the offline renderer agree)', async (t) => {
   for (const c of COMPONENTS) {
@@ -55,16 +72,25 @@ t.test('the MutatingWebhookConfiguration', async (t) => {
   t.same(w.admissionReviewVersions, ['v1'], 'AdmissionReview v1 only (what the webhook answers)');
   t.same(w.rules, [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }], 'pod creation only');
   t.same(w.objectSelector, { matchLabels: { [INJECT_LABEL]: 'true' } }, `objectSelector: the label the webhook checks (${INJECT_LABEL})`);
-  const excluded = w.namespaceSelector.matchExpressions.find((e: any) => e.key === 'kubernetes.io/metadata.name' && e.operator === 'NotIn')?.values ?? [];
+  const excluded =
+    w.namespaceSelector.matchExpressions.find((e: any) => e.key === 'kubernetes.io/metadata.name' && e.operator === 'NotIn')?.values ?? [];
   t.ok(excluded.includes('kube-system'), 'kube-system excluded');
   t.ok(excluded.includes(deployment.metadata.namespace), `its own namespace (${deployment.metadata.namespace}) excluded`);
   t.equal(w.failurePolicy, 'Fail', 'failurePolicy Fail (the trade-off is in the file and docs/kubernetes.md)');
   t.equal(w.reinvocationPolicy, 'IfNeeded');
   t.equal(w.sideEffects, 'None');
   t.ok(w.timeoutSeconds >= 1 && w.timeoutSeconds <= 10, `timeoutSeconds ${w.timeoutSeconds}`);
-  t.same(w.clientConfig.service, { name: service.metadata.name, namespace: service.metadata.namespace, path: '/mutate', port: 443 }, 'calls the Service at /mutate');
+  t.same(
+    w.clientConfig.service,
+    { name: service.metadata.name, namespace: service.metadata.namespace, path: '/mutate', port: 443 },
+    'calls the Service at /mutate',
+  );
   t.equal(`${service.metadata.name}.${service.metadata.namespace}.svc`, SERVICE_NAME, 'the name the test certificates are made for');
-  t.equal(config.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${deployment.metadata.namespace}/arc-imds-webhook`, "cert-manager's CA injector fills caBundle");
+  t.equal(
+    config.metadata.annotations?.['cert-manager.io/inject-ca-from'],
+    `${deployment.metadata.namespace}/arc-imds-webhook`,
+    "cert-manager's CA injector fills caBundle",
+  );
 });
 
 t.test('the webhook Deployment, Service, PodDisruptionBudget and certificate agree', async (t) => {
@@ -84,16 +110,19 @@ t.test('the webhook Deployment, Service, PodDisruptionBudget and certificate agr
   }
   const mount = container.volumeMounts.find((m: any) => m.name === 'tls');
   const secret = pod.volumes.find((v: any) => v.name === 'tls').secret;
-  for (const [flag, key] of [['tls-cert', 'tls.crt'], ['tls-key', 'tls.key']] as const) {
+  for (const [flag, key] of [
+    ['tls-cert', 'tls.crt'],
+    ['tls-key', 'tls.key'],
+  ] as const) {
     const item = secret.items.find((i: any) => i.key === key);
     t.equal(flagValue(container.args, flag), `${mount.mountPath}/${item.path}`, `--${flag} is the Secret's ${key}`);
   }
   t.equal(mount.readOnly, true, 'mounted read-only');
   const cert = find(objects, 'Certificate', 'arc-imds-webhook');
-  t.equal(cert.spec.secretName, secret.secretName, "cert-manager writes the Secret the webhook reads");
+  t.equal(cert.spec.secretName, secret.secretName, 'cert-manager writes the Secret the webhook reads');
   t.ok(cert.spec.dnsNames.includes(SERVICE_NAME), `the certificate names ${SERVICE_NAME}`);
   t.equal(find(objects, 'Issuer', cert.spec.issuerRef.name)?.metadata.namespace, cert.metadata.namespace, 'its issuer is there, in its namespace');
-  t.equal(env.ARC_IMDS_IMAGE, container.image, 'ARC_IMDS_IMAGE is the webhook\'s own image (the replacement)');
+  t.equal(env.ARC_IMDS_IMAGE, container.image, "ARC_IMDS_IMAGE is the webhook's own image (the replacement)");
   t.notOk(pod.hostNetwork || pod.volumes.some((v: any) => v.hostPath), 'no host network, no hostPath: it needs no privilege');
 });
 
@@ -106,7 +135,10 @@ t.test('the example overlay sets image, himds gid and node label', async (t) => 
   t.same(relay.securityContext.supplementalGroups, [988], 'the himds gid');
   t.same(relay.nodeSelector, { 'kubernetes.io/os': 'linux', 'node.example.com/azure-arc': 'true' }, 'the node label');
   t.ok(find(overlay, 'MutatingWebhookConfiguration'), 'with the webhook');
-  t.notOk(overlay.some((o) => o.apiVersion.startsWith('monitoring.coreos.com/')), 'and no Prometheus Operator kinds (their CRDs may be missing)');
+  t.notOk(
+    overlay.some((o) => o.apiVersion.startsWith('monitoring.coreos.com/')),
+    'and no Prometheus Operator kinds (their CRDs may be missing)',
+  );
 });
 
 t.test('the relay on busy nodes: node-critical priority, every taint tolerated, resources', async (t) => {
@@ -119,7 +151,12 @@ t.test('the relay on busy nodes: node-critical priority, every taint tolerated, 
 t.test('the webhook as deployed turns the stripped example back into the example', async (t) => {
   const { config: settings } = parseWebhook(container.args.slice(1), env);
   const example = find(objects, 'Deployment', 'example-app');
-  const expected = { apiVersion: 'v1', kind: 'Pod', metadata: structuredClone(example.spec.template.metadata), spec: structuredClone(example.spec.template.spec) };
+  const expected = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: structuredClone(example.spec.template.metadata),
+    spec: structuredClone(example.spec.template.spec),
+  };
   expected.metadata.labels[INJECT_LABEL] = 'true';
   const before = structuredClone(expected);
   delete before.spec.initContainers;
@@ -128,6 +165,10 @@ t.test('the webhook as deployed turns the stripped example back into the example
   delete before.metadata.labels[SIDECAR_LABEL];
   const answer = admit(JSON.stringify(podReview(before)), settings);
   const ops = JSON.parse(Buffer.from((answer.body.response as any).patch, 'base64').toString('utf8'));
-  t.same(applyPatch(before, ops).filter((e) => e !== null), [], 'the patch applies');
+  t.same(
+    applyPatch(before, ops).filter((e) => e !== null),
+    [],
+    'the patch applies',
+  );
   t.same(before, expected, `the same pod, with the deployed image (${settings.image})`);
 });

@@ -26,7 +26,17 @@ const serving = { cert: path.join(pki.dir, 'tls.crt'), key: path.join(pki.dir, '
 copyFileSync(first.cert, serving.cert);
 copyFileSync(first.key, serving.key);
 
-const args = (extra: string[] = []) => ['--listen', '127.0.0.1:0', '--tls-cert', serving.cert, '--tls-key', serving.key, '--image', 'arc-imds-proxy', ...extra];
+const args = (extra: string[] = []) => [
+  '--listen',
+  '127.0.0.1:0',
+  '--tls-cert',
+  serving.cert,
+  '--tls-key',
+  serving.key,
+  '--image',
+  'arc-imds-proxy',
+  ...extra,
+];
 
 t.test('rotation: new files, a new connection sees the new certificate, no restart', async (t) => {
   const { config } = parseWebhook(args(['--tls-reload-interval', '100ms']), {});
@@ -50,13 +60,19 @@ t.test('rotation: new files, a new connection sees the new certificate, no resta
   const during = await health();
   t.equal(during.status, 200, 'still answering');
   t.equal(during.fingerprint256, fingerprint(first.pem), 'a certificate without its key is not taken');
-  t.ok(logs.some((l) => l.level === 'warn' && /not the private key of/.test(l.problem)), 'and the mismatch is logged');
+  t.ok(
+    logs.some((l) => l.level === 'warn' && /not the private key of/.test(l.problem)),
+    'and the mismatch is logged',
+  );
 
   copyFileSync(second.key, serving.key);
   const after = await waitFor(fingerprint(second.pem));
   t.equal(after.fingerprint256, fingerprint(second.pem), 'by the timer alone: the second certificate on a new connection');
   t.equal(after.status, 200);
-  t.ok(logs.some((l) => l.msg === 'serving certificate reloaded' && l.certificate.fingerprint256 === fingerprint(second.pem)), 'the reload is logged');
+  t.ok(
+    logs.some((l) => l.msg === 'serving certificate reloaded' && l.certificate.fingerprint256 === fingerprint(second.pem)),
+    'the reload is logged',
+  );
   t.notOk(JSON.stringify(logs).includes('PRIVATE KEY'), 'the key is never logged');
 
   copyFileSync(first.cert, serving.cert);
@@ -69,7 +85,9 @@ t.test('HTTPS only: a plain HTTP request gets no answer', async (t) => {
   const webhook = await startWebhook(config, createLogger('silent'));
   t.teardown(() => webhook.close());
   const outcome = await new Promise<string>((resolve) => {
-    const req = http.request({ host: '127.0.0.1', port: webhook.port, path: '/healthz', agent: false }, (res) => resolve(`answered ${res.statusCode}`));
+    const req = http.request({ host: '127.0.0.1', port: webhook.port, path: '/healthz', agent: false }, (res) =>
+      resolve(`answered ${res.statusCode}`),
+    );
     req.on('error', (err) => resolve(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
     req.end();
   });
@@ -78,11 +96,26 @@ t.test('HTTPS only: a plain HTTP request gets no answer', async (t) => {
 });
 
 t.test('options: what is required, and bad certificate files stop it with the file named', async (t) => {
-  t.throws(() => parseWebhook([], {}), new ConfigError([
-    '--tls-cert is required (or ARC_IMDS_TLS_CERT)', '--tls-key is required (or ARC_IMDS_TLS_KEY)', '--image is required (or ARC_IMDS_IMAGE)',
-  ]), 'all three required options at once');
-  const fromEnv = parseWebhook([], { ARC_IMDS_TLS_CERT: 'a.crt', ARC_IMDS_TLS_KEY: 'a.key', ARC_IMDS_IMAGE: 'x/y:1', ARC_IMDS_LISTEN: '127.0.0.1:9443' }).config;
-  t.match(fromEnv, { tlsCert: 'a.crt', tlsKey: 'a.key', image: 'x/y:1', listen: { host: '127.0.0.1', port: 9443 }, adminPort: 9464 }, 'from ARC_IMDS_* variables');
+  t.throws(
+    () => parseWebhook([], {}),
+    new ConfigError([
+      '--tls-cert is required (or ARC_IMDS_TLS_CERT)',
+      '--tls-key is required (or ARC_IMDS_TLS_KEY)',
+      '--image is required (or ARC_IMDS_IMAGE)',
+    ]),
+    'all three required options at once',
+  );
+  const fromEnv = parseWebhook([], {
+    ARC_IMDS_TLS_CERT: 'a.crt',
+    ARC_IMDS_TLS_KEY: 'a.key',
+    ARC_IMDS_IMAGE: 'x/y:1',
+    ARC_IMDS_LISTEN: '127.0.0.1:9443',
+  }).config;
+  t.match(
+    fromEnv,
+    { tlsCert: 'a.crt', tlsKey: 'a.key', image: 'x/y:1', listen: { host: '127.0.0.1', port: 9443 }, adminPort: 9464 },
+    'from ARC_IMDS_* variables',
+  );
   const problemsOf = (argv: string[]) => {
     try {
       parseWebhook(argv, {});
@@ -91,34 +124,65 @@ t.test('options: what is required, and bad certificate files stop it with the fi
       return (err as ConfigError).problems;
     }
   };
-  t.match(problemsOf(args(['--loopback-port', '9464', '--sidecar-memory-limit', 'big', '--image-pull-policy', 'Sometimes'])), [
-    /--image-pull-policy: 'Sometimes' is not one of Always, IfNotPresent, Never/, /--sidecar-memory-limit: 'big' is not a Kubernetes quantity/, /--loopback-port must differ from --admin-port/,
-  ], 'bad values, each named');
-  t.match(problemsOf(['--tls-cert', '', '--tls-key', 'k', '--image', 'not an image', '--socket-dir', 'run/arc-imds', '--tls-reload-interval', '10ms']), [
-    /--tls-cert: '' is not a file name/, /--tls-reload-interval: '10ms' is too short/, /--image: 'not an image' is not an image reference/,
-    /--socket-dir: 'run\/arc-imds' must be an absolute path/,
-  ], 'file, interval, image and directory checked');
+  t.match(
+    problemsOf(args(['--loopback-port', '9464', '--sidecar-memory-limit', 'big', '--image-pull-policy', 'Sometimes'])),
+    [
+      /--image-pull-policy: 'Sometimes' is not one of Always, IfNotPresent, Never/,
+      /--sidecar-memory-limit: 'big' is not a Kubernetes quantity/,
+      /--loopback-port must differ from --admin-port/,
+    ],
+    'bad values, each named',
+  );
+  t.match(
+    problemsOf(['--tls-cert', '', '--tls-key', 'k', '--image', 'not an image', '--socket-dir', 'run/arc-imds', '--tls-reload-interval', '10ms']),
+    [
+      /--tls-cert: '' is not a file name/,
+      /--tls-reload-interval: '10ms' is too short/,
+      /--image: 'not an image' is not an image reference/,
+      /--socket-dir: 'run\/arc-imds' must be an absolute path/,
+    ],
+    'file, interval, image and directory checked',
+  );
   t.equal(parseWebhook(args(['--socket-dir', '/run//arc-imds/']), {}).config.socketDir, '/run/arc-imds', '--socket-dir normalised');
-  t.match(problemsOf(['--listen', 'webhook:443', '--tls-cert', 'c', '--tls-key', 'k', '--image', 'i']), [/host must be an IP address/], '--listen HOST:PORT');
+  t.match(
+    problemsOf(['--listen', 'webhook:443', '--tls-cert', 'c', '--tls-key', 'k', '--image', 'i']),
+    [/host must be an IP address/],
+    '--listen HOST:PORT',
+  );
 
-  const start = (cert: string, key: string) => startWebhook(parseWebhook(['--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key, '--image', 'i'], {}).config, createLogger('silent'));
-  await t.rejects(start(path.join(pki.dir, 'missing.crt'), first.key), { name: 'WebhookTlsError', message: /cannot read .*missing\.crt: ENOENT/ }, 'a missing file');
-  await t.rejects(start(first.key, first.key), { name: 'WebhookTlsError', message: /first\.key: not a PEM certificate/ }, 'a key where the certificate should be');
-  await t.rejects(start(first.cert, second.key), { name: 'WebhookTlsError', message: /second\.key: not the private key of .*first\.crt/ }, 'a key that does not match');
+  const start = (cert: string, key: string) =>
+    startWebhook(parseWebhook(['--listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key, '--image', 'i'], {}).config, createLogger('silent'));
+  await t.rejects(
+    start(path.join(pki.dir, 'missing.crt'), first.key),
+    { name: 'WebhookTlsError', message: /cannot read .*missing\.crt: ENOENT/ },
+    'a missing file',
+  );
+  await t.rejects(
+    start(first.key, first.key),
+    { name: 'WebhookTlsError', message: /first\.key: not a PEM certificate/ },
+    'a key where the certificate should be',
+  );
+  await t.rejects(
+    start(first.cert, second.key),
+    { name: 'WebhookTlsError', message: /second\.key: not the private key of .*first\.crt/ },
+    'a key that does not match',
+  );
 });
 
 t.test('the CLI: help, exit 2 on bad options, a real process that answers and stops on SIGTERM', async (t) => {
-  const run = (argv: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [CLI, 'webhook', ...argv], { env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c) => (stdout += c));
-    child.stderr.on('data', (c) => (stderr += c));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  const run = (argv: string[]) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [CLI, 'webhook', ...argv], { env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c) => (stdout += c));
+      child.stderr.on('data', (c) => (stderr += c));
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
   const help = await run(['--help']);
   t.equal(help.code, 0, '--help: exit 0');
-  for (const flag of ['--listen HOST:PORT', '--tls-cert FILE', '--tls-key FILE', '--image IMAGE', 'env ARC_IMDS_TLS_CERT']) t.match(help.stdout, flag, `help shows ${flag}`);
+  for (const flag of ['--listen HOST:PORT', '--tls-cert FILE', '--tls-key FILE', '--image IMAGE', 'env ARC_IMDS_TLS_CERT'])
+    t.match(help.stdout, flag, `help shows ${flag}`);
   const bad = await run(['--tls-cert', path.join(pki.dir, 'nope.crt'), '--tls-key', first.key, '--image', 'i', '--listen', '127.0.0.1:0']);
   t.equal(bad.code, 2, 'an unreadable certificate: exit 2');
   t.match(bad.stderr, /^arc-imds-proxy: --tls-cert\/--tls-key: cannot read .*nope\.crt: ENOENT/, bad.stderr.trim());
