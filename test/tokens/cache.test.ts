@@ -47,7 +47,12 @@ const request = (resource = 'https://management.azure.com/', extra: { selector?:
   tokenRequest(resource, extra.selector, extra.forceRefresh);
 const flush = () => new Promise((r) => setImmediate(r));
 
-function cacheWith(clock: FakeClock, fetch: (r: TokenRequest) => Promise<Token>, options: Partial<TokenCacheOptions> = {}, random = () => 0) {
+function cacheWith(
+  clock: FakeClock,
+  fetch: (r: TokenRequest, signal: AbortSignal) => Promise<Token>,
+  options: Partial<TokenCacheOptions> = {},
+  random = () => 0,
+) {
   return new TokenCache(
     fetch,
     {
@@ -277,22 +282,7 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
       signal.addEventListener('abort', () => reject(new ImdsError('upstream_unavailable', 'aborted')), { once: true });
     });
   };
-  const cache = new TokenCache(
-    fetch,
-    {
-      maxEntries: 1000,
-      minRemainingMs: 5 * MIN,
-      refreshRatio: 0.5,
-      refreshBeforeMs: 10 * MIN,
-      forceRefreshIntervalMs: 30_000,
-      upstreamConcurrency: 2,
-      upstreamQueue: 3,
-      fetchTimeoutMs: 15_000,
-      clock,
-      random: () => 0,
-    },
-    log,
-  );
+  const cache = cacheWith(clock, fetch, { upstreamConcurrency: 2, upstreamQueue: 3 });
   const clients = Array.from({ length: 5 }, (_, i) => ({ gone: new AbortController(), resource: `https://r${i}/` }));
   const waits = clients.map((c) => cache.getToken(request(c.resource), c.gone.signal).catch((e: unknown) => e));
   await flush();
