@@ -48,7 +48,8 @@ const tools = prometheusTools();
 if ('skip' in tools) {
   t.plan(0, tools.skip);
 } else {
-  await live(tools.prometheus);
+  // A failure while setting up must fail the test, not crash the file before its teardown runs.
+  await live(tools.prometheus).catch((err: unknown) => t.fail(`the live test could not run: ${(err as Error).stack ?? String(err)}`));
 }
 
 async function live(prometheusBin: string): Promise<void> {
