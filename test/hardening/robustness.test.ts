@@ -183,61 +183,14 @@ t.test('a sidecar behind a relay restricted by --allow-resource becomes ready', 
   t.equal((await get(`http://127.0.0.1:${port}${armTokenPath()}`)).status, 403, 'others are refused by the relay');
 
   // A local readiness resource refused by the local policy can never succeed: a configuration error.
-  t.throws(
-    () =>
-      parseServe(
-        [
-          '--listen',
-          '127.0.0.1:0',
-          '--upstream',
-          `unix:${socket}`,
-          '--allow-resource',
-          'https://vault.azure.net*',
-          '--readiness-resource',
-          'https://management.azure.com/',
-        ],
-        {},
-      ),
-    ConfigError,
-  );
-  t.throws(
-    () =>
-      parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*'], {
-        ARC_IMDS_READINESS_RESOURCE: 'https://x/',
-      }),
-    ConfigError,
-    'from the environment too',
-  );
+  const sidecarWith = (extra: string[], env: NodeJS.ProcessEnv = {}) =>
+    parseServe(['--listen', '127.0.0.1:0', '--upstream', `unix:${socket}`, '--allow-resource', 'https://vault.azure.net*', ...extra], env);
+  t.throws(() => sidecarWith(['--readiness-resource', 'https://management.azure.com/']), ConfigError);
+  t.throws(() => sidecarWith([], { ARC_IMDS_READINESS_RESOURCE: 'https://x/' }), ConfigError, 'from the environment too');
   // Not given: the first allowed resource, which the policy allows.
-  const derived = parseServe(
-    [
-      '--listen',
-      '127.0.0.1:0',
-      '--upstream',
-      `unix:${socket}`,
-      '--allow-resource',
-      'https://vault.azure.net*',
-      '--allow-resource',
-      'https://storage.azure.com/',
-    ],
-    {},
-  ).config;
+  const derived = sidecarWith(['--allow-resource', 'https://storage.azure.com/']).config;
   t.equal(derived.readinessResource, 'https://vault.azure.net', 'the readiness resource follows --allow-resource when not given');
-  t.doesNotThrow(() =>
-    parseServe(
-      [
-        '--listen',
-        '127.0.0.1:0',
-        '--upstream',
-        `unix:${socket}`,
-        '--allow-resource',
-        'https://vault.azure.net*',
-        '--readiness-resource',
-        'https://vault.azure.net',
-      ],
-      {},
-    ),
-  );
+  t.doesNotThrow(() => sidecarWith(['--readiness-resource', 'https://vault.azure.net']));
 });
 
 t.test('--allow-resource prefixes match up to a / or :, never across a host boundary', async (t) => {
