@@ -90,20 +90,28 @@ interface Entry {
   readonly asRefreshing: Served;
 }
 
-/** Why a fetch's signal aborted (the reasons are compared by identity). */
+/** Why a fetch was dropped (the reasons are compared by identity; they abort the upstream request's signal). */
 const ABANDONED = new Error('every client waiting for this token has gone away');
 const DEADLINE = new Error('no upstream slot became free in time');
+// What a client that went away, or a fetch dropped for either reason, is rejected with. One instance each, made
+// once: nobody is answered (or sees a stack) for an abandoned request, so a flood of them allocates no errors.
+const ABANDONED_FAILURE = new FetchFailure('abandoned', ABANDONED.message);
+const DEADLINE_FAILURE = new FetchFailure('deadline', DEADLINE.message);
+const failureFor = (reason: Error | undefined) => (reason === ABANDONED ? ABANDONED_FAILURE : DEADLINE_FAILURE);
+const GRANTED = Promise.resolve();
+const ignore = () => undefined;
 
+/** A fetch's place in the slot queue. */
 interface QueuedAcquire {
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
 }
 
 /**
- * A counting semaphore for upstream slots, FIFO. A queued acquire leaves the queue as soon as its signal aborts,
- * so nobody's abandoned fetch holds a place. A freed slot is handed on in the next turn of the event loop:
- * clients that hung up together are all seen gone before the next fetch starts, so a burst of abandoned
- * requests is dropped whole instead of each reaching the upstream in turn.
+ * A counting semaphore for upstream slots, FIFO. A queued acquire is taken out of the queue by its owner as soon
+ * as its fetch is dropped (cancel), so nobody's abandoned fetch holds a place. A freed slot is handed on in the
+ * next turn of the event loop: clients that hung up together are all seen gone before the next fetch starts, so
+ * a burst of abandoned requests is dropped whole instead of each reaching the upstream in turn.
  */
 class Slots {
   #free: number;
@@ -114,27 +122,21 @@ class Slots {
   get queued(): number {
     return this.#queue.size;
   }
-  acquire(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) return Promise.reject(signal.reason);
+  /** A slot now, or a place in the queue, given to `onQueued` (to cancel with). */
+  acquire(onQueued: (place: QueuedAcquire) => void): Promise<void> {
     if (this.#free > 0 && this.#queue.size === 0) {
       this.#free--;
-      return Promise.resolve();
+      return GRANTED;
     }
     return new Promise<void>((resolve, reject) => {
-      const leave = () => {
-        this.#queue.delete(waiter);
-        reject(signal.reason);
-      };
-      const waiter: QueuedAcquire = {
-        resolve: () => {
-          signal.removeEventListener('abort', leave);
-          resolve();
-        },
-        reject,
-      };
-      signal.addEventListener('abort', leave, { once: true });
-      this.#queue.add(waiter);
+      const place: QueuedAcquire = { resolve, reject };
+      this.#queue.add(place);
+      onQueued(place);
     });
+  }
+  /** Leave the queue (if still in it): the acquire rejects with `reason`. */
+  cancel(place: QueuedAcquire, reason: unknown): void {
+    if (this.#queue.delete(place)) place.reject(reason);
   }
   /** Give a slot back, now (handed on in the next turn) or after `restMs`. */
   release(restMs = 0): void {
@@ -156,13 +158,22 @@ class Slots {
   }
 }
 
-/** One upstream fetch for one key, and who is waiting for it. */
+/**
+ * One upstream fetch for one key, and who is waiting for it. What it holds while it waits for a slot is kept
+ * small (no controller, no listener: most fetches of a burst of abandoned requests never get a slot).
+ */
 interface Fetch {
-  readonly token: Promise<Token>;
+  token: Promise<Token>;
   /** Clients waiting; a background refresh has none and is never dropped. */
   waiters: number;
   readonly background: boolean;
-  readonly abandon: AbortController;
+  /** Its place in the slot queue, while it has one. */
+  queued: QueuedAcquire | undefined;
+  /** Made when it gets a slot: aborts the upstream request. */
+  controller: AbortController | undefined;
+  /** ABANDONED or DEADLINE, once dropped. */
+  dropped: Error | undefined;
+  deadline: NodeJS.Timeout | undefined;
 }
 
 export class TokenCache implements TokenSource {
@@ -282,9 +293,17 @@ export class TokenCache implements TokenSource {
     fetch.waiters++;
     // Without a signal (prefetch) the waiter stays until the fetch ends.
     if (gone === undefined) return fetch.token;
-    if (gone.aborted) return this.#leave(key, fetch);
+    if (gone.aborted) {
+      // Nobody else may be listening to the fetch this drops: its rejection is seen here.
+      fetch.token.catch(ignore);
+      this.#leave(key, fetch);
+      return Promise.reject(ABANDONED_FAILURE);
+    }
     return new Promise<Token>((resolve, reject) => {
-      const leave = () => this.#leave(key, fetch).catch(reject);
+      const leave = () => {
+        this.#leave(key, fetch);
+        reject(ABANDONED_FAILURE);
+      };
       gone.addEventListener('abort', leave, { once: true });
       fetch.token.then(
         (token) => {
@@ -299,46 +318,70 @@ export class TokenCache implements TokenSource {
     });
   }
 
-  #leave(key: string, fetch: Fetch): Promise<never> {
+  #leave(key: string, fetch: Fetch): void {
     fetch.waiters--;
     if (fetch.waiters === 0 && !fetch.background) {
       if (this.#inflight.get(key) === fetch) this.#inflight.delete(key);
-      fetch.abandon.abort(ABANDONED);
+      this.#drop(fetch, ABANDONED);
     }
-    return Promise.reject(new FetchFailure('abandoned', ABANDONED.message));
+  }
+
+  /** End a fetch early: out of the slot queue if it is still there, its upstream request aborted if it runs. */
+  #drop(fetch: Fetch, reason: Error): void {
+    if (fetch.dropped) return;
+    fetch.dropped = reason;
+    if (fetch.queued) this.#slots.cancel(fetch.queued, failureFor(reason));
+    fetch.controller?.abort(reason);
   }
 
   #startFetch(key: string, request: TokenRequest, background: boolean): Fetch {
     // The fetch belongs to its waiters, not to one client: it ends at its own deadline or when they are all
-    // gone. One controller for both, and a timer cleared when the fetch ends, so a finished fetch holds nothing
-    // (AbortSignal.timeout would keep every fetch's closure alive until its deadline passed).
-    const abandon = new AbortController();
-    const deadline = setTimeout(() => abandon.abort(DEADLINE), this.#options.fetchTimeoutMs);
-    const signal = abandon.signal;
-    const token = (async () => {
-      try {
-        await this.#slots.acquire(signal);
-      } catch {
-        throw signal.reason === ABANDONED ? new FetchFailure('abandoned', ABANDONED.message) : new FetchFailure('deadline', DEADLINE.message);
+    // gone. A timer cleared when the fetch ends, so a finished fetch holds nothing (AbortSignal.timeout would
+    // keep every fetch's closure alive until its deadline passed).
+    const fetch: Fetch = {
+      // Set just below: the fetch's own run needs the fetch.
+      token: GRANTED as Promise<never>,
+      waiters: 0,
+      background,
+      queued: undefined,
+      controller: undefined,
+      dropped: undefined,
+      deadline: undefined,
+    };
+    fetch.deadline = setTimeout(() => this.#drop(fetch, DEADLINE), this.#options.fetchTimeoutMs);
+    fetch.token = this.#run(key, request, fetch);
+    this.#inflight.set(key, fetch);
+    return fetch;
+  }
+
+  /** A fetch from start to end: a slot, the upstream, the store. One promise chain, whatever the outcome. */
+  async #run(key: string, request: TokenRequest, fetch: Fetch): Promise<Token> {
+    try {
+      await this.#slots.acquire((place) => {
+        fetch.queued = place;
+      });
+      fetch.queued = undefined;
+      if (fetch.dropped) {
+        // Dropped in the turn it got its slot, before it used it.
+        this.#slots.release(0);
+        throw failureFor(fetch.dropped);
       }
+      const controller = new AbortController();
+      fetch.controller = controller;
       try {
-        const fetched = await this.#fetchToken(request, signal);
+        const fetched = await this.#fetchToken(request, controller.signal);
         this.#store_(key, fetched);
         return fetched;
       } finally {
         // A fetch abandoned while the upstream had not answered: its slot rests before the next fetch takes it,
         // so an upstream that is not answering is not sent a new request each time a client gives up.
-        const abandoned = signal.reason === ABANDONED;
-        this.#slots.release(abandoned ? ABANDONED_SLOT_REST_MS : 0);
+        this.#slots.release(fetch.dropped === ABANDONED ? ABANDONED_SLOT_REST_MS : 0);
       }
-    })().finally(() => clearTimeout(deadline));
-    const fetch: Fetch = { token, waiters: 0, background, abandon };
-    this.#inflight.set(key, fetch);
-    const forget = () => {
+    } finally {
+      clearTimeout(fetch.deadline);
+      fetch.queued = undefined;
       if (this.#inflight.get(key) === fetch) this.#inflight.delete(key);
-    };
-    token.then(forget, forget);
-    return fetch;
+    }
   }
 
   #refreshInBackground(key: string, request: TokenRequest, entry: Entry): void {

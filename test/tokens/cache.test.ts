@@ -318,6 +318,68 @@ t.test('fetches belong to their waiters: abandoned ones are dropped before they 
   t.equal((await fresh).result, 'miss');
 });
 
+t.test('a burst of abandoned requests: one shared failure, nothing made for fetches that never got a slot', async (t) => {
+  const clock = new FakeClock();
+  const signals: AbortSignal[] = [];
+  const fetch = (_r: TokenRequest, signal: AbortSignal) => {
+    signals.push(signal);
+    return new Promise<Token>((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+  };
+  const cache = cacheWith(clock, fetch, { upstreamConcurrency: 1, upstreamQueue: 50 });
+  const clients = Array.from({ length: 50 }, (_, i) => ({ gone: new AbortController(), resource: `https://burst-${i}/` }));
+  const waits = clients.map((c) => cache.getToken(request(c.resource), c.gone.signal).catch((e: unknown) => e));
+  await flush();
+  t.equal(cache.inFlight, 50, 'one running, 49 queued');
+  t.equal(signals.length, 1, 'only the running fetch has an upstream signal');
+  for (const c of clients) c.gone.abort();
+  const outcomes = await Promise.all(waits);
+  t.ok(outcomes[0] instanceof FetchFailure && outcomes[0].kind === 'abandoned');
+  t.ok(
+    outcomes.every((e) => e === outcomes[0]),
+    'every client that left is rejected with the same failure: no error (and stack) made per abandoned request',
+  );
+  t.ok(signals[0]!.aborted, 'the running fetch is aborted');
+  await flush();
+  t.equal(cache.inFlight, 0, 'the queue is empty');
+});
+
+t.test('a client gone in the turn its fetch got a slot: the upstream never sees it, the slot is free at once', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  const cache = cacheWith(clock, up.fetch, { upstreamConcurrency: 1 });
+  const gone = new AbortController();
+  const left = cache.getToken(request('https://left/'), gone.signal).catch((e: unknown) => e);
+  gone.abort();
+  t.equal(((await left) as FetchFailure).kind, 'abandoned');
+  // No rest for a slot that never reached the upstream: the next fetch takes it in the next turn.
+  const next = await cache.getToken(request('https://next/'), new AbortController().signal);
+  t.equal(next.result, 'miss');
+  t.same(
+    up.calls.map((c) => c.resource),
+    ['https://next/'],
+    'only the next fetch reached the upstream',
+  );
+});
+
+t.test('a fetch still queued at its deadline leaves the queue without reaching the upstream', async (t) => {
+  const clock = new FakeClock();
+  const started: string[] = [];
+  const fetch = (r: TokenRequest, signal: AbortSignal) => {
+    started.push(r.resource);
+    return new Promise<Token>((_resolve, reject) =>
+      signal.addEventListener('abort', () => reject(new ImdsError('upstream_unavailable')), { once: true }),
+    );
+  };
+  const cache = cacheWith(clock, fetch, { upstreamConcurrency: 1, fetchTimeoutMs: 50 });
+  const running = cache.getToken(request('https://running/'), new AbortController().signal).catch((e: unknown) => e);
+  const queued = cache.getToken(request('https://queued/'), new AbortController().signal).catch((e: unknown) => e);
+  const [a, b] = await Promise.all([running, queued]);
+  t.type(a, ImdsError, 'the running fetch is aborted at its deadline');
+  t.ok(b instanceof FetchFailure && b.kind === 'deadline', 'the queued one is told it never got a slot');
+  t.same(started, ['https://running/']);
+  t.equal(cache.inFlight, 0);
+});
+
 t.test("a background refresh is the cache's own: clients that join and leave do not cancel it", async (t) => {
   const clock = new FakeClock();
   const up = scriptedFetch(clock);
