@@ -262,9 +262,12 @@ const FOR_UPSTREAM: Record<UpstreamFailureKind, (f: UpstreamFailure) => ImdsErro
   identity: () => new ImdsError('identity_not_found'),
 };
 
+// Nobody is answered for a client that went away: one error for all of them, not one (with a stack) each.
+const CLIENT_CLOSED = new ImdsError('client_closed');
+
 const FOR_FETCH: Record<FetchFailureKind, (f: FetchFailure) => ImdsError> = {
   saturated: (f) => new ImdsError('upstream_saturated', f.message),
-  abandoned: () => new ImdsError('client_closed'),
+  abandoned: () => CLIENT_CLOSED,
   deadline: (f) => new ImdsError('upstream_unavailable', f.message),
 };
 

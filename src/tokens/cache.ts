@@ -186,6 +186,8 @@ export class TokenCache implements TokenSource {
   readonly #inflight = new Map<string, Fetch>();
   readonly #slots: Slots;
   readonly #maxFetches: number;
+  /** What a new key is refused with at the bound: the same failure each time (the count is the bound). */
+  readonly #saturated: FetchFailure;
 
   constructor(fetchToken: FetchToken, options: TokenCacheOptions, log: Logger) {
     this.#fetchToken = fetchToken;
@@ -195,6 +197,7 @@ export class TokenCache implements TokenSource {
     this.#log = log;
     this.#slots = new Slots(options.upstreamConcurrency);
     this.#maxFetches = options.upstreamConcurrency + options.upstreamQueue;
+    this.#saturated = new FetchFailure('saturated', `${this.#maxFetches} token fetches are already queued or running`);
     this.#store = new LRUCache<string, Entry>({
       max: options.maxEntries,
       perf: this.#clock,
@@ -282,9 +285,8 @@ export class TokenCache implements TokenSource {
   async #join(key: string, request: TokenRequest, result: 'miss' | 'forced', gone: AbortSignal | undefined): Promise<Served> {
     const inflight = this.#inflight.get(key);
     if (inflight) return { token: await this.#wait(key, inflight, gone), result: 'coalesced' };
-    if (this.#inflight.size >= this.#maxFetches) {
-      throw new FetchFailure('saturated', `${this.#inflight.size} token fetches are already queued or running`);
-    }
+    // A flood of new keys is refused without making anything per request.
+    if (this.#inflight.size >= this.#maxFetches) throw this.#saturated;
     return { token: await this.#wait(key, this.#startFetch(key, request, false), gone), result };
   }
 
