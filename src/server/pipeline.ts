@@ -57,6 +57,13 @@ export interface ProxyDeps {
   readonly limits: ListenerLimits;
 }
 
+/**
+ * Refusals at the fetch bound come in floods (every new resource while the upstream is stuck is one): the first
+ * is logged, then at most one line per this interval, saying how many were refused since the last one. The
+ * metrics count every one.
+ */
+export const SATURATION_LOG_INTERVAL_MS = 10_000;
+
 /** The route label of a request the gate refused (or that matched no route). */
 const NO_ROUTE: RouteLabel = 'none';
 
@@ -87,6 +94,8 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
   // Decided once: at info, no per-request log object is even built.
   const debug = log.isLevelEnabled('debug');
   const responses = new TokenResponses();
+  let saturationLoggedAt = Number.NEGATIVE_INFINITY;
+  let saturatedSince = 0;
 
   /** A cached hit is answered synchronously; only a request that must wait for a fetch goes async. */
   function token(gated: GatedRequest, req: PipelineRequest, res: PipelineResponse): number | Promise<number> {
@@ -161,6 +170,19 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
     if (debug) log.debug({ method: req.method, url: clip(req.url), status }, line);
   }
 
+  /** A refusal at the fetch bound: logged as any upstream failure, but one line per interval at most. */
+  function saturated(req: PipelineRequest, known: ImdsError): void {
+    const now = performance.now();
+    if (now - saturationLoggedAt < SATURATION_LOG_INTERVAL_MS) {
+      saturatedSince++;
+      return;
+    }
+    const since = saturatedSince > 0 ? { refusedSinceLastLine: saturatedSince } : undefined;
+    log.warn({ url: clip(req.url), code: known.code, detail: known.detail, ...since }, 'request failed');
+    saturationLoggedAt = now;
+    saturatedSince = 0;
+  }
+
   function failed(req: PipelineRequest, res: PipelineResponse, route: RouteLabel, started: number, err: unknown): void {
     if (res.headersSent) {
       res.destroy();
@@ -177,7 +199,8 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
     if (known) {
       // The client's own mistakes (and refusals, throttling, hang-ups) are counted in the metrics and logged at
       // debug only: any client could otherwise fill the log. Upstream failures stay visible.
-      if (!clientCaused(known.code)) log.warn({ url: clip(req.url), code: known.code, detail: known.detail }, 'request failed');
+      if (known.code === 'upstream_saturated') saturated(req, known);
+      else if (!clientCaused(known.code)) log.warn({ url: clip(req.url), code: known.code, detail: known.detail }, 'request failed');
       else if (debug) log.debug({ url: clip(req.url), code: known.code, detail: known.detail }, 'request refused');
       rendered = renderImdsError(known);
     } else {

@@ -86,6 +86,27 @@ t.test('abandoned requests against a hung HIMDS: dropped before they reach it, b
   t.ok(challenges <= 4 * 5 + 25, `HIMDS wrote ${challenges} key files for 225 distinct resources, 200 of them abandoned`);
 });
 
+t.test('a flood of new resources against a stuck HIMDS: every refusal is a 503, one warning line for them all', async (t) => {
+  const stack = await startStack({ proxy: { upstreamConcurrency: 1, upstreamQueue: 2, upstreamTimeoutMs: 10_000, requestTimeoutMs: 20_000 } });
+  t.teardown(stack.close);
+  stack.emulator.faults.latencyMs = 3000;
+  const held = Array.from({ length: 3 }, (_, i) => abandon(stack.port, `https://held-${i}.example/`, 1500));
+  await waitUntil('the bound to be reached', async () => (await metric(stack, 'arc_imds_upstream_fetches_in_flight')) === 3);
+  const logged = stack.logs.length;
+  const refused = await Promise.all(
+    Array.from({ length: 50 }, (_, i) => stack.get(tokenPath(`api-version=2018-02-01&resource=https://flood-${i}.example/`))),
+  );
+  t.ok(
+    refused.every((r) => r.status === 503 && r.headers['retry-after'] === '1'),
+    'each refused at once with a 503',
+  );
+  const warnings = stack.logs.slice(logged).filter((l) => l.includes('request failed'));
+  t.equal(warnings.length, 1, 'one warning line, not one per refused request');
+  t.match(warnings[0], /"code":"upstream_saturated"/);
+  await Promise.all(held);
+  stack.emulator.faults.latencyMs = 0;
+});
+
 t.test('a flood of failing client requests does not flood the log at info', async (t) => {
   const stack = await startStack({ proxy: { allowResource: ['https://management.azure.com/'], logLevel: 'info' } });
   t.teardown(stack.close);
