@@ -206,16 +206,25 @@ function originForm(target: string): string | ImdsError {
   return rest === '' || rest.startsWith('?') ? `/${rest}` : rest;
 }
 
-/** How many request targets a gate remembers its decision for; when full it starts over. */
+/** How many request targets a gate remembers its decision for (and how many it has seen once); when full it starts over. */
 const URL_MEMO_SIZE = 256;
 
 /**
  * The IMDS contract, applied. A workload asks for the same few URLs over and over, so what the URL alone decides
- * is kept (both outcomes are immutable values), bounded: when full it starts over, so a flood of distinct URLs
- * costs no memory. One gate per pipeline.
+ * is kept (both outcomes are immutable values), bounded: when full it starts over. A URL is kept from the second
+ * time it is asked for: a flood of distinct URLs (each asked for once) holds only the URL strings it already
+ * had, not their decoded queries and token requests, which would otherwise live until the memo starts over.
+ * One gate per pipeline.
  */
 export class Gate {
   readonly #byUrl = new Map<string, GatedRequest | ImdsError>();
+  /** URLs asked for once since they were last seen (bounded the same way). */
+  readonly #seenOnce = new Set<string>();
+
+  /** How many URLs have their decision kept. */
+  get memoised(): number {
+    return this.#byUrl.size;
+  }
 
   /** The routed request, or the error to answer with. */
   check(req: RequestHead): GatedRequest | ImdsError {
@@ -224,11 +233,15 @@ export class Gate {
       if (failure) return failure;
     }
     const url = req.url ?? '';
-    let outcome = this.#byUrl.get(url);
-    if (outcome === undefined) {
+    const known = this.#byUrl.get(url);
+    if (known !== undefined) return known;
+    const outcome = gateUrl(url);
+    if (this.#seenOnce.delete(url)) {
       if (this.#byUrl.size >= URL_MEMO_SIZE) this.#byUrl.clear();
-      outcome = gateUrl(url);
       this.#byUrl.set(url, outcome);
+    } else {
+      if (this.#seenOnce.size >= URL_MEMO_SIZE) this.#seenOnce.clear();
+      this.#seenOnce.add(url);
     }
     return outcome;
   }

@@ -1,7 +1,7 @@
 // The IMDS contract at the front door. Every rejected request must be answered without touching the
 // upstream: the emulator's counters stay at zero for all of them.
 import t from 'tap';
-import { isAcceptedApiVersion, normalisePath, parseQuery } from '../../src/imds/gate.js';
+import { Gate, isAcceptedApiVersion, normalisePath, parseQuery } from '../../src/imds/gate.js';
 import { ImdsError } from '../../src/imds/errors.js';
 import { ARM, armTokenPath, raw, startStack, TOKEN_PATH } from '../fixtures/stack.js';
 
@@ -163,4 +163,21 @@ t.test('gate helpers', async (t) => {
   t.type(dup, ImdsError);
   const weird = parseQuery('a\u00e9=1&a\u00e9=2');
   t.match(weird instanceof ImdsError ? weird.detail : '', '(unprintable name)', 'odd names are not echoed');
+});
+
+t.test('the gate keeps a decision from the second time a URL is asked for; a flood of distinct URLs keeps none', (t) => {
+  const gate = new Gate();
+  const head = (url: string) => ({ method: 'GET', url, headers: { metadata: 'true' }, rawHeaders: ['Metadata', 'true'] });
+  for (let i = 0; i < 1000; i++) {
+    const gated = gate.check(head(`${TOKEN_PATH}?api-version=2018-02-01&resource=https://flood-${i}.example/`));
+    t.notOk(gated instanceof ImdsError, 'each distinct URL is gated');
+  }
+  t.equal(gate.memoised, 0, 'nothing kept for URLs asked for once');
+  const hot = head(armTokenPath());
+  const first = gate.check(hot);
+  const second = gate.check(hot);
+  t.same(second, first, 'the same decision both times');
+  t.equal(gate.memoised, 1, 'kept from the second time');
+  t.equal(gate.check(hot), second, 'and served from the memo afterwards (the same object)');
+  t.end();
 });
