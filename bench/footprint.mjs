@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `node bench/footprint.mjs` (after `npm run build`): where a process's resident memory is, for each role as
 // deployed and a bare node:http server, on each runtime bench/run.mjs measures (BENCH_RUNTIMES as there).
-// About 10 s per runtime; loopback and unix sockets only. For each process, after one token and one scrape:
+// About 20 s per runtime; loopback and unix sockets only. For each process, after one token and one scrape and
+// 12 s idle (past the proxies' first periodic readiness check, 10 s after start, as bench/run.mjs waits):
 //   rss   VmRSS
 //   anon  RssAnon: private to the process (V8 heap, malloc, stacks): what each more sidecar costs
 //   file  RssFile: pages of the node binary and libraries it touched, shared by every process that maps the
@@ -45,7 +46,7 @@ async function measure(runtime) {
     const bare = await startCeiling(body);
     started.push(bare);
     await timedGet({ url: bare.url, path: '/', agent: false });
-    await sleep(2000);
+    await sleep(12_000);
     return {
       runtime: `${runtime.label} ${runtime.version}`,
       sidecar: memoryOf(sidecar.pid),

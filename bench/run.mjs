@@ -69,6 +69,7 @@ const SCALES = {
     leakRequests: 1_000_000,
     startRuns: 5,
     settleMs: 2000,
+    idleMs: 12_000,
     gcSettleMs: 16_000,
     watchdogS: 40 * 60,
     abandoned: 5000,
@@ -91,6 +92,7 @@ const SCALES = {
     leakRequests: 200_000,
     startRuns: 3,
     settleMs: 2000,
+    idleMs: 12_000,
     gcSettleMs: 16_000,
     watchdogS: 15 * 60,
     abandoned: 5000,
@@ -113,6 +115,7 @@ const SCALES = {
     leakRequests: 500,
     startRuns: 1,
     settleMs: 100,
+    idleMs: 100,
     gcSettleMs: 100,
     watchdogS: 120,
     abandoned: 100,
@@ -522,13 +525,19 @@ async function scrape(target) {
   if (reply.status !== 200 || !reply.body.includes('arc_imds_')) throw new Error(`memory: /metrics answered ${reply.status}`);
 }
 
-/** RSS at start, idle (one answer, one scrape) and with S.memConnections open keep-alive connections. */
+/**
+ * RSS at start, idle (one answer, one scrape, then S.idleMs of nothing) and with S.memConnections open keep-alive
+ * connections. Idle is read after the proxy's first periodic readiness check (--readiness-interval, 10 s by
+ * default: 12 s): a sidecar does its first upstream requests then, and whatever they make resident stays. Read
+ * 1 s after the answer instead, this figure once missed 10 MB that arrived at 10 s for good. The bare server
+ * waits as long.
+ */
 async function footprint(target) {
   await sleep(S.settleMs / 2);
   const atStart = rssMB(target.pid);
   await okGet(target, tokenPath(ARM), false);
   await scrape(target);
-  await sleep(S.settleMs / 2);
+  await sleep(S.idleMs);
   const idle = rssMB(target.pid);
 
   const { agent, open } = await openConnections(target, S.memConnections);
