@@ -15,7 +15,7 @@
 # `demo` is the exception: it needs a writable /tmp (a tmpfs), and it is not meant for containers anyway.
 ARG NODE_VERSION=24.21.0
 
-# ---- 1. build: compile src/ to dist/ with the locked toolchain -------------------------------------------
+# ---- 1. build: type-check and compile src/, then bundle the program -------------------------------------------
 FROM node:${NODE_VERSION}-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -23,32 +23,16 @@ COPY package.json package-lock.json ./
 # explicitly below (no dependency needs an install script).
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 
-# No source maps in the image: nothing runs with --enable-source-maps, and dist/ is readable JavaScript.
-RUN find dist -name '*.map' -delete
+# What ships is the bundle (scripts/bundle.mjs): dist/cli.js and dist/chunks/ hold every line that runs, the
+# dependencies' included, so the image has no node_modules. tsc's one-file-per-module output, also in dist/, is
+# for the tests. No source maps: nothing runs with --enable-source-maps.
+RUN mkdir -p out/dist && cp -r dist/cli.js dist/chunks dist/THIRD-PARTY-LICENSES.txt out/dist/ && find out -name '*.map' -delete
 
-# ---- 2. deps: production dependencies only, without what never runs ------------------------------------------
-# Pruned: type declarations, source maps, docs, tests, examples and benchmarks that packages publish, each
-# package's test/docs/... folders at its root only (never deeper, where a folder of that name may be code).
-# Licence files stay. 13.3 MB -> 3.9 MB of node_modules (docs/performance.md, "Image").
-FROM node:${NODE_VERSION}-slim AS deps
-WORKDIR /app
-COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force \
-    && cd node_modules \
-    && for pkg in */ @*/*/; do \
-         case "$pkg" in @*/) continue ;; esac; \
-         for dir in test tests __tests__ benchmark benchmarks bench docs doc example examples .github; do rm -rf "$pkg$dir"; done; \
-       done \
-    && find . -type f \( -name '*.d.ts' -o -name '*.d.cts' -o -name '*.d.mts' -o -name '*.ts' -o -name '*.map' \
-         -o -name '*.md' -o -name '*.markdown' -o -name Makefile -o -name 'tsconfig*.json' -o -name '.eslintrc*' \
-         -o -name '.npmignore' -o -name '.editorconfig' -o -name '.prettierrc*' -o -name '.taprc' \) -delete \
-    && rm -f .package-lock.json \
-    && find . -type d -empty -delete
-
-# ---- 3. runtime ------------------------------------------------------------------------------------------------
+# ---- 2. runtime ------------------------------------------------------------------------------------------------
 FROM node:${NODE_VERSION}-slim AS runtime
 
 # The runtime carries only what runs: the base's npm, npx, corepack (and yarn, where a base has it) go. (Their
@@ -74,9 +58,8 @@ RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack 
 
 WORKDIR /app
 ENV NODE_ENV=production
-COPY --from=deps /app/node_modules ./node_modules
-COPY --from=build /src/dist ./dist
-# dist/version.js reads ../package.json (the version in --version and arc_imds_build_info).
+COPY --from=build /src/out/dist ./dist
+# Its "type": "module" makes dist/'s .js files ES modules (the version is built into the bundle).
 COPY package.json ./
 
 LABEL org.opencontainers.image.title="arc-imds-proxy" \
@@ -94,10 +77,10 @@ USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["node", "/app/dist/cli.js", "probe"]
 
-# A fixed 2 MB young generation (V8 semi-space): src/node-flags.ts's HEAP_OPTIONS (tests check they agree). By
-# default it grows under a burst of connections (Node 24: to 64 MB semi-spaces) and stays there. Fixed rather
-# than only capped: a capped one that V8 shrinks and regrows made cached-hit throughput flip between two levels
-# ~20% apart from one run to the next. On the command line here, node starts with them and the entry point
-# has nothing to re-exec (the HEALTHCHECK's `probe` never needs them). docs/performance.md has the measurements.
-ENTRYPOINT ["node", "--max-semi-space-size=2", "--min-semi-space-size=2", "/app/dist/cli.js"]
+# src/node-flags.ts's RUNTIME_OPTIONS (tests check they agree): V8 favours memory over speed (a small fixed young
+# generation, where Node 24 would grow it to 64 MB semi-spaces under a burst and keep them, and an old generation
+# collected and shrunk sooner), and undici's WebAssembly parser stays on baseline code (an optimised recompile
+# keeps ~10 MB for good). On the command line here, node starts with them and the entry point has nothing to
+# re-exec (the HEALTHCHECK's `probe` never needs them). docs/performance.md has the measurements.
+ENTRYPOINT ["node", "--optimize-for-size", "--liftoff-only", "/app/dist/cli.js"]
 CMD ["serve"]

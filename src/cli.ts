@@ -1,7 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --min-semi-space-size=2
+#!/usr/bin/env -S node --optimize-for-size --liftoff-only
 // arc-imds-proxy <command>: dispatch to the command (src/commands/), run it until a signal, and turn what it
 // throws into an exit status by the error's stable code. Nothing else lives here.
-// First: process-wide V8 settings (and a re-exec with the heap options when they are missing).
+// First: process-wide V8 settings (and a re-exec with the runtime options when they are missing).
 import './node-flags.js';
 import { EXIT_STATUS, type Command, type Running } from './commands/command.js';
 import { demo } from './commands/demo.js';

@@ -1,20 +1,31 @@
 // Process-wide V8 settings, in force however the program is started: the image's ENTRYPOINT, `npm start`, the
 // `arc-imds-proxy` bin (its shebang carries them) or a plain `node dist/cli.js`. cli.ts imports this module
-// first, so it runs before anything else is evaluated. docs/performance.md has the measurements.
+// first: it runs before any command is loaded (in the bundle only the chunks of option tables cli.js imports,
+// which define values and do nothing, are evaluated before it). docs/performance.md has the measurements.
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 
 /**
- * A fixed 2 MB young generation (V8 semi-space). Without it Node 24 grows the semi-spaces to 64 MB under a burst
- * of connections (Node 20: 16 MB) and keeps them. V8 sizes the heap before any JavaScript runs, so these must
- * be on node's command line: set later with setFlagsFromString they change nothing (measured with
- * v8.getHeapSpaceStatistics(): new_space still grows to 128 MB on Node 24), and NODE_OPTIONS refuses the
- * second. The Dockerfile's ENTRYPOINT, `npm start` and the bin's shebang carry exactly these (tests check it).
+ * The node options the program runs with, on node's command line. The Dockerfile's ENTRYPOINT, `npm start` and
+ * the bin's shebang carry exactly these (tests check it); `node dist/cli.js` started without them re-executes
+ * itself with them (below). docs/performance.md has the measurements.
+ *
+ * - `--optimize-for-size`: V8 favours memory over speed where it has the choice. It fixes the young generation
+ *   small (Node 24: 1 MB semi-spaces) (by default Node 24 grows them to 64 MB under a burst of connections and keeps them; a
+ *   semi-space that V8 shrinks and regrows made cached-hit throughput flip between two levels ~20% apart from run
+ *   to run), and it collects and shrinks the old generation sooner: 5,000 abandoned requests added 25 MB instead
+ *   of 43-49 MB (Node 24). Cached-hit throughput measured the same as with the fixed 2 MB semi-spaces this
+ *   replaces. V8 sizes the heap before any JavaScript runs, so it must be on the command line (NODE_OPTIONS would do, but not for the other).
+ * - `--liftoff-only`: undici parses upstream answers with llhttp compiled to WebAssembly. V8 runs it as baseline
+ *   (Liftoff) code and, once it has run enough, recompiles it optimised on a background thread, whose malloc
+ *   arena then keeps about 10 MB resident for good (Node 24: idle RSS 65 -> 77 MB at the second readiness check,
+ *   10 s after start). Upstream answers are rare and small: baseline code is plenty. Node 24 ignores it when set
+ *   at run time (V8 freezes its flags once started), so it is on the command line with the other.
  */
-export const HEAP_OPTIONS = ['--max-semi-space-size=2', '--min-semi-space-size=2'] as const;
+export const RUNTIME_OPTIONS = ['--optimize-for-size', '--liftoff-only'] as const;
 
-/** The commands that run for long enough for the heap options to matter. `probe` runs every 10 s: no re-exec. */
+/** The commands that run for long enough for the runtime options to matter. `probe` runs every 10 s: no re-exec. */
 const LONG_RUNNING = new Set(['serve', 'emulate-himds', 'demo', 'webhook']);
 
 /** The command `argv` (process.argv.slice(2)) runs, as cli.ts reads it: the first word, `serve` by default. */
@@ -25,14 +36,18 @@ export function commandOf(argv: readonly string[]): string {
   return first.startsWith('-') ? 'serve' : first;
 }
 
-/** The heap options missing from how this node was started (its command line, or NODE_OPTIONS). */
-export function missingHeapOptions(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
+/**
+ * The runtime options missing from how this node was started (its command line, or NODE_OPTIONS). An option
+ * given with another value, or a flag given negated (`--no-liftoff-only`), is the operator's choice: not missing.
+ */
+export function missingRuntimeOptions(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
   const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)].map((a) =>
     a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`),
   );
-  return HEAP_OPTIONS.filter((option) => {
-    const name = option.slice(0, option.indexOf('='));
-    return !given.some((a) => a === name || a.startsWith(`${name}=`));
+  return RUNTIME_OPTIONS.filter((option) => {
+    const name = option.split('=')[0]!;
+    const negated = `--no-${name.slice(2)}`;
+    return !given.some((a) => a === name || a.startsWith(`${name}=`) || a === negated);
   });
 }
 
@@ -48,23 +63,20 @@ function isTheEntryPoint(): boolean {
 }
 
 /**
- * Started without the heap options for a long-running command: replace this process with node started with
+ * Started without the runtime options for a long-running command: replace this process with node started with
  * them (same PID, so signals and a container's PID 1 are unaffected; about 40 ms). process.execve exists from
  * Node 22.15 / 23.11 on (the image runs Node 24); on an older Node the process runs on without them.
  */
-function reexecWithHeapOptions(): void {
+function reexecWithRuntimeOptions(): void {
   if (!isTheEntryPoint() || !LONG_RUNNING.has(commandOf(process.argv.slice(2)))) return;
-  const missing = missingHeapOptions(process.execArgv, process.env.NODE_OPTIONS);
+  const missing = missingRuntimeOptions(process.execArgv, process.env.NODE_OPTIONS);
   const execve = (process as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (missing.length === 0 || typeof execve !== 'function') return;
   execve(process.execPath, [process.execPath, ...missing, ...process.execArgv, ...process.argv.slice(1)], process.env);
 }
 
-reexecWithHeapOptions();
+reexecWithRuntimeOptions();
 
-// undici parses upstream answers with llhttp compiled to WebAssembly. V8 first runs it as baseline (Liftoff)
-// code and later recompiles it optimised on a background thread, whose malloc arena then keeps about 10 MB
-// resident for the life of the process (measured: RSS 65 -> 75 MB, at a moment that depends on load). Upstream
-// answers are rare (a token per resource every few hours) and small, so baseline code is plenty. This one can
-// be set at run time: it concerns WebAssembly only, and applies to modules compiled after it.
+// Where there is no re-exec (Node before 22.15), Node 20 does honour this one at run time (measured: no growth at
+// the readiness checks); elsewhere it is already on the command line and this changes nothing.
 setFlagsFromString('--liftoff-only');

@@ -1,4 +1,4 @@
-// The entry point's process-wide V8 settings (src/node-flags.ts): which command needs the heap options, how
+// The entry point's process-wide V8 settings (src/node-flags.ts): which command needs the runtime options, how
 // missing ones are found, and, on a Node that has process.execve, that `node dist/cli.js` started without them
 // runs with them (the same PID), while `probe` is never re-executed. Loopback only.
 import { spawn } from 'node:child_process';
@@ -10,7 +10,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { HEAP_OPTIONS, commandOf, missingHeapOptions } from '../src/node-flags.js';
+import { RUNTIME_OPTIONS, commandOf, missingRuntimeOptions } from '../src/node-flags.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -25,17 +25,19 @@ t.test('the command is read as cli.ts reads it', async (t) => {
   for (const help of ['--help', '-h', 'help', '--version', '-v']) t.equal(commandOf([help]), 'help', `${help}: not a long-running command`);
 });
 
-t.test('missing heap options: from the command line or NODE_OPTIONS, either spelling, any value', async (t) => {
-  t.same(missingHeapOptions([], undefined), [...HEAP_OPTIONS], 'none given: both');
-  t.same(missingHeapOptions([...HEAP_OPTIONS], undefined), [], 'both given');
+t.test('missing runtime options: from the command line or NODE_OPTIONS, either spelling, negated or not', async (t) => {
+  t.same(missingRuntimeOptions([], undefined), [...RUNTIME_OPTIONS], 'none given: all');
+  t.same(missingRuntimeOptions([...RUNTIME_OPTIONS], undefined), [], 'all given');
+  t.same(missingRuntimeOptions(['--optimize_for_size', '--liftoff_only'], undefined), [], 'underscores are the same flags');
+  t.same(missingRuntimeOptions(['--liftoff-only'], '--optimize-for-size --enable-source-maps'), [], 'one may come from NODE_OPTIONS');
+  t.same(missingRuntimeOptions(['--liftoff-only'], undefined), ['--optimize-for-size'], 'only what is missing');
   t.same(
-    missingHeapOptions(['--max-semi-space-size=8', '--min_semi_space_size=1'], undefined),
-    [],
-    "other values and underscores are the operator's choice",
+    missingRuntimeOptions(['--max-semi-space-size=2', '--min-semi-space-size=2'], undefined),
+    [...RUNTIME_OPTIONS],
+    'the heap options earlier images ran with: both are added',
   );
-  t.same(missingHeapOptions(['--min-semi-space-size=2'], '--max-semi-space-size=2 --enable-source-maps'), [], 'the first may come from NODE_OPTIONS');
-  t.same(missingHeapOptions(['--max-semi-space-size=2'], undefined), ['--min-semi-space-size=2'], 'only what is missing');
-  t.same(missingHeapOptions(['--max-semi-space-size-extra=1'], ''), [...HEAP_OPTIONS], 'a longer flag name is not the option');
+  t.same(missingRuntimeOptions(['--no-liftoff-only', '--no-optimize-for-size'], undefined), [], "a negated flag is the operator's choice");
+  t.same(missingRuntimeOptions(['--optimize-for-size-x', '--liftoff-only-x'], ''), [...RUNTIME_OPTIONS], 'a longer flag name is not the option');
 });
 
 function cmdline(pid: number): string[] {
@@ -70,9 +72,9 @@ t.test(
     t.match(listening.url, /^http:\/\/127\.0\.0\.1:\d+$/, 'it serves');
     const argv = cmdline(child.pid!);
     t.same(
-      argv.slice(1, 1 + HEAP_OPTIONS.length),
-      [...HEAP_OPTIONS],
-      `the process the spawned PID now runs has the heap options (${argv.join(' ')})`,
+      argv.slice(1, 1 + RUNTIME_OPTIONS.length),
+      [...RUNTIME_OPTIONS],
+      `the process the spawned PID now runs has the runtime options (${argv.join(' ')})`,
     );
     t.ok(argv.includes(CLI) && argv.includes('emulate-himds'), 'and the same script and arguments');
     child.kill('SIGTERM');
@@ -103,7 +105,7 @@ t.test('probe is never re-executed (it runs every 10 s)', async (t) => {
   const argv = cmdline(child.pid!);
   t.ok(argv.includes('probe'), `the probe is waiting for its answer (${argv.join(' ')})`);
   t.notOk(
-    argv.some((a) => a.startsWith('--max-semi-space-size') || a.startsWith('--min-semi-space-size')),
-    'with no heap options added',
+    argv.some((a) => RUNTIME_OPTIONS.some((o) => a.startsWith(o.split('=')[0]!))),
+    'with no runtime options added',
   );
 });

@@ -2,33 +2,43 @@
 // unit in the name; Node's default process metrics are registered unprefixed. Labels are bounded sets: routes,
 // status codes, cache results, upstream legs and outcomes, challenge failure reasons. No resource or client
 // ever becomes a label.
-import { createRequire } from 'node:module';
 import type * as PromClient from 'prom-client';
+import Counter from 'prom-client/lib/counter.js';
+import Gauge from 'prom-client/lib/gauge.js';
+import Histogram from 'prom-client/lib/histogram.js';
+import eventLoopLag from 'prom-client/lib/metrics/eventLoopLag.js';
+import gc from 'prom-client/lib/metrics/gc.js';
+import heapSizeAndUsed from 'prom-client/lib/metrics/heapSizeAndUsed.js';
+import heapSpacesSizeAndUsed from 'prom-client/lib/metrics/heapSpacesSizeAndUsed.js';
+import osMemoryHeap from 'prom-client/lib/metrics/osMemoryHeap.js';
+import processHandles from 'prom-client/lib/metrics/processHandles.js';
+import processMaxFileDescriptors from 'prom-client/lib/metrics/processMaxFileDescriptors.js';
+import processOpenFileDescriptors from 'prom-client/lib/metrics/processOpenFileDescriptors.js';
+import processRequests from 'prom-client/lib/metrics/processRequests.js';
+import processResources from 'prom-client/lib/metrics/processResources.js';
+import processStartTime from 'prom-client/lib/metrics/processStartTime.js';
+import version from 'prom-client/lib/metrics/version.js';
+import RegistryClass from 'prom-client/lib/registry.js';
 
 // prom-client's parts, not its index: the index also loads the Pushgateway (https, zlib: TLS and OpenSSL, about
 // 5 MB RSS on Node 24), and collectDefaultMetrics the CPU metric's @opentelemetry/api (about 9 MB), in every
-// sidecar. The default metrics are registered one by one below, the CPU one from process.cpuUsage().
-const load = createRequire(import.meta.url);
-const Registry = load('prom-client/lib/registry') as typeof PromClient.Registry;
+// sidecar. Static imports, so the build's bundler takes exactly these files (src/vendor.d.ts types them). The
+// default metrics are registered one by one below, the CPU one from process.cpuUsage().
 type Registry = PromClient.Registry;
-const Counter = load('prom-client/lib/counter') as typeof PromClient.Counter;
-const Gauge = load('prom-client/lib/gauge') as typeof PromClient.Gauge;
-const Histogram = load('prom-client/lib/histogram') as typeof PromClient.Histogram;
-type DefaultMetric = (registry: Registry, config: Record<string, unknown>) => void;
 /** prom-client's default metrics (lib/defaultMetrics.js) but processCpuTotal: same names, same order. */
 const DEFAULT_METRICS = [
-  'processStartTime',
-  'osMemoryHeap',
-  'processOpenFileDescriptors',
-  'processMaxFileDescriptors',
-  'eventLoopLag',
-  'processResources',
-  'processHandles',
-  'processRequests',
-  'heapSizeAndUsed',
-  'heapSpacesSizeAndUsed',
-  'version',
-  'gc',
+  processStartTime,
+  osMemoryHeap,
+  processOpenFileDescriptors,
+  processMaxFileDescriptors,
+  eventLoopLag,
+  processResources,
+  processHandles,
+  processRequests,
+  heapSizeAndUsed,
+  heapSpacesSizeAndUsed,
+  version,
+  gc,
 ];
 
 /** process_cpu_{user,system}_seconds_total and process_cpu_seconds_total, as prom-client names them. */
@@ -49,9 +59,9 @@ function registerCpuMetrics(registry: Registry): void {
 function collectDefaultMetrics(registry: Registry): void {
   registerCpuMetrics(registry);
   const config = { eventLoopMonitoringPrecision: 10 };
-  for (const name of DEFAULT_METRICS) {
-    if (name === 'processResources' && typeof process.getActiveResourcesInfo !== 'function') continue;
-    (load(`prom-client/lib/metrics/${name}`) as DefaultMetric)(registry, config);
+  for (const register of DEFAULT_METRICS) {
+    if (register === processResources && typeof process.getActiveResourcesInfo !== 'function') continue;
+    register(registry, config);
   }
 }
 
@@ -160,7 +170,7 @@ export interface MetricsSources {
 }
 
 export class Metrics {
-  readonly registry = new Registry();
+  readonly registry = new RegistryClass();
 
   readonly #requests = new TallyCounter<number>(
     'arc_imds_requests_total',

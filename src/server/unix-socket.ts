@@ -2,7 +2,6 @@
 // must be managed around it: a parent directory to create, a stale file from a crashed run to remove (but
 // never a live server's socket, and never anything that is not a socket), and the file's mode and group,
 // which decide who can connect, and so who gets tokens.
-import { randomBytes } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { somethingListens } from '../host/listener-probe.js';
@@ -45,6 +44,9 @@ export async function applySocketAccess(staged: string, socketPath: string, mode
  * the socket in atomically, already carrying its mode and group.
  */
 export function stagingPath(socketPath: string): string {
+  // node:crypto only here, when a unix socket is bound: a sidecar listening on TCP never loads it (on Node 24
+  // it costs about 1.5 MB RSS). Random, so nobody else in the directory can take the name first.
+  const { randomBytes } = process.getBuiltinModule('node:crypto');
   const staged = path.join(path.dirname(socketPath), `.${path.basename(socketPath)}.${process.pid}.${randomBytes(3).toString('hex')}`);
   // sun_path is 108 bytes: where the longer name does not fit, bind in place (and lose only that guarantee).
   return Buffer.byteLength(staged) <= 107 ? staged : socketPath;

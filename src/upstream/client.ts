@@ -2,21 +2,20 @@
 // (AbortSignal.timeout: undici's own timeouts are too coarse), bounded body reads, and failures classified into
 // typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Bodies are
 // always consumed or dumped so pooled connections are reused, never leaked.
-import { createRequire } from 'node:module';
-import type * as Undici from 'undici';
-import type { Dispatcher } from 'undici';
+import type { Dispatcher, Pool } from 'undici';
+import undiciErrors from 'undici/lib/core/errors.js';
+import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
+import PoolClass from 'undici/lib/dispatcher/pool.js';
+import request from 'undici/lib/api/api-request.js';
 import type { Metrics, UpstreamLeg, UpstreamOutcome } from '../observability/metrics.js';
 import type { UpstreamAddress } from '../values/addresses.js';
 import { UpstreamFailure } from '../values/failures.js';
 
-// undici's Pool, its request API and its errors, not its index: the index also loads fetch, WebSocket, caches
-// and mocks (about 6 MB RSS on Node 24), none of which an upstream call uses. The API methods go onto the
-// Dispatcher prototype exactly as undici's index puts them there.
-const load = createRequire(import.meta.url);
-const Pool = load('undici/lib/dispatcher/pool') as typeof Undici.Pool;
-type Pool = Undici.Pool;
-Object.assign((load('undici/lib/dispatcher/dispatcher') as typeof Undici.Dispatcher).prototype, load('undici/lib/api'));
-const undiciErrors = load('undici/lib/core/errors') as typeof Undici.errors;
+// undici's Pool, its request method and its errors, not its index: the index also loads fetch, WebSocket,
+// caches, mocks and the other request APIs (about 6 MB RSS on Node 24), none of which an upstream call uses.
+// Static imports, so the build's bundler takes exactly these files (src/vendor.d.ts gives them undici's types).
+// `request` goes onto the Dispatcher prototype as undici's index puts it there.
+DispatcherClass.prototype.request = request;
 
 /** Token and error bodies are small; anything bigger is not HIMDS talking. */
 export const MAX_UPSTREAM_BODY = 64 * 1024;
@@ -65,8 +64,8 @@ export class UpstreamClient {
       connect: { timeout: Math.min(options.attemptTimeoutMs, 5000) },
       keepAliveTimeout: 4000,
     };
-    this.#pool = new Pool(address.origin, { ...poolOptions, connections: options.connections });
-    this.#metadataPool = new Pool(address.origin, { ...poolOptions, connections: Math.max(2, Math.ceil(options.connections / 4)) });
+    this.#pool = new PoolClass(address.origin, { ...poolOptions, connections: options.connections });
+    this.#metadataPool = new PoolClass(address.origin, { ...poolOptions, connections: Math.max(2, Math.ceil(options.connections / 4)) });
   }
 
   /** A human description for operator messages. */

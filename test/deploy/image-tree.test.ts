@@ -1,10 +1,11 @@
-// The runtime stage's file tree without a container engine: the deps stage's pruning, exactly as the
-// Dockerfile writes it, run by sh on a copy of this checkout's production dependencies, then the image's
-// programs run from that pruned tree (dist/ without source maps, as the build stage leaves it): the emulator,
-// a relay in front of it (key-file challenge: undici), a sidecar in front of the relay (unix socket), a token
-// through both, and a scrape of the sidecar's /metrics (prom-client). Loopback and unix sockets only.
+// The runtime stage's file tree without a container engine: the build stage's command that picks what ships
+// (the bundle, without source maps), exactly as the Dockerfile writes it, run by sh on this checkout's dist/,
+// then the image's programs run from what it leaves, with package.json beside it and no node_modules anywhere
+// above it: the emulator, a relay in front of it (key-file challenge: undici), a sidecar in front of the relay
+// (unix socket), a token through both, and a scrape of the sidecar's /metrics (prom-client). Loopback and unix
+// sockets only.
 import { execFileSync, spawn } from 'node:child_process';
-import { cpSync, existsSync, readdirSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,17 +15,7 @@ import { ARM, get } from '../fixtures/stack.js';
 import { ROOT, parseDockerfile, read } from '../fixtures/deploy.js';
 
 const dockerfile = parseDockerfile(read('Dockerfile'));
-const depsRun = dockerfile.stages.flatMap((s) => s.instructions).find((i) => i.keyword === 'RUN' && /npm ci\b.*--omit=dev/.test(i.args))?.args ?? '';
-const buildPrune = dockerfile.stages.flatMap((s) => s.instructions).find((i) => i.keyword === 'RUN' && /find dist .*\.map/.test(i.args))?.args ?? '';
-
-/** Every production package directory (npm's own answer), relative to node_modules. */
-function productionPackages(): string[] {
-  const out = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT, encoding: 'utf8' });
-  return out
-    .split('\n')
-    .filter((p) => p.includes(`${path.sep}node_modules${path.sep}`))
-    .map((p) => p.slice(p.lastIndexOf(`node_modules${path.sep}`) + 'node_modules/'.length));
-}
+const pickRun = dockerfile.stages.flatMap((s) => s.instructions).find((i) => i.keyword === 'RUN' && /\bout\/dist\b/.test(i.args))?.args ?? '';
 
 function files(dir: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true })
@@ -62,34 +53,27 @@ function startFrom(t: Test, app: string, args: string[], ...waitFor: string[]): 
   });
 }
 
-t.test("the deps stage prunes what never runs, and the image's programs run from what is left", async (t) => {
-  t.match(depsRun, /&& cd node_modules/, 'the deps stage prunes node_modules after npm ci');
-  t.match(buildPrune, /^find dist -name '\*\.map' -delete$/, 'the build stage drops source maps');
-  const app = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-image-tree-'));
-  t.teardown(() => rm(app, { recursive: true, force: true }));
-  for (const pkg of productionPackages()) cpSync(path.join(ROOT, 'node_modules', pkg), path.join(app, 'node_modules', pkg), { recursive: true });
+t.test("the build stage ships the bundle only, and the image's programs run from it with no node_modules", async (t) => {
+  t.match(pickRun, /^mkdir -p out\/dist && cp /, "the build stage's command that fills out/dist (what the runtime stage copies)");
+  const work = await mkdtemp(path.join(os.tmpdir(), 'arc-imds-image-tree-'));
+  t.teardown(() => rm(work, { recursive: true, force: true }));
+  for (const above of [work, path.dirname(work), '/']) t.notOk(existsSync(path.join(above, 'node_modules')), `no node_modules in ${above}`);
+  cpSync(path.join(ROOT, 'dist'), path.join(work, 'dist'), { recursive: true });
+  execFileSync('sh', ['-c', pickRun], { cwd: work, stdio: 'pipe' });
+  const app = path.join(work, 'out');
   cpSync(path.join(ROOT, 'package.json'), path.join(app, 'package.json'));
-  cpSync(path.join(ROOT, 'dist'), path.join(app, 'dist'), { recursive: true });
-  const before = files(path.join(app, 'node_modules'));
-  // The Dockerfile's own commands, from `cd node_modules` on (npm ci is what the copy above stands for).
-  execFileSync('sh', ['-c', depsRun.slice(depsRun.indexOf('cd node_modules'))], { cwd: app, stdio: 'pipe' });
-  execFileSync('sh', ['-c', buildPrune], { cwd: app, stdio: 'pipe' });
-  const after = files(path.join(app, 'node_modules'));
-  t.ok(after.length < before.length, `files pruned: ${before.length} -> ${after.length}`);
+  const shipped = files(path.join(app, 'dist')).map((f) => path.relative(app, f));
+  t.ok(shipped.includes(path.join('dist', 'cli.js')), 'dist/cli.js');
+  t.ok(shipped.includes(path.join('dist', 'THIRD-PARTY-LICENSES.txt')), "dist/THIRD-PARTY-LICENSES.txt (the bundled packages' licences)");
   t.same(
-    after.filter((f) => /\.(d\.[cm]?ts|map|md)$/.test(f)),
+    shipped.filter(
+      (f) => f !== path.join('dist', 'cli.js') && f !== path.join('dist', 'THIRD-PARTY-LICENSES.txt') && !/^dist[\\/]chunks[\\/][^\\/]+\.js$/.test(f),
+    ),
     [],
-    'no type declarations, source maps or markdown left',
+    "nothing else but dist/chunks/*.js: no source maps, none of tsc's module files",
   );
-  t.ok(
-    after.some((f) => /undici[\\/]LICENSE$/.test(f)),
-    'licence files stay',
-  );
-  t.same(
-    files(path.join(app, 'dist')).filter((f) => f.endsWith('.map')),
-    [],
-    'dist/ has no source maps',
-  );
+  const licences = readFileSync(path.join(app, 'dist', 'THIRD-PARTY-LICENSES.txt'), 'utf8');
+  for (const dep of ['undici', 'pino', 'prom-client', 'lru-cache']) t.match(licences, new RegExp(`^${dep}@\\d`, 'm'), `...with ${dep}'s licence`);
 
   const tokens = path.join(app, 'tokens');
   const [emulator] = await startFrom(t, app, ['emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', tokens], 'HIMDS emulator listening');
@@ -109,7 +93,7 @@ t.test("the deps stage prunes what never runs, and the image's programs run from
     'admin listening',
   );
   const reply = await get(`http://${sidecar!.address}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=${encodeURIComponent(ARM)}`);
-  t.equal(reply.status, 200, `a token through sidecar and relay from the pruned tree${reply.status === 200 ? '' : `: ${reply.text}`}`);
+  t.equal(reply.status, 200, `a token through sidecar and relay from the shipped tree${reply.status === 200 ? '' : `: ${reply.text}`}`);
   t.ok(reply.json.access_token, '...with an access_token');
   const metrics = await get(`http://${admin!.address}/metrics`, {});
   t.equal(metrics.status, 200, "the sidecar's /metrics answers");
