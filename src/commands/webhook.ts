@@ -102,7 +102,7 @@ export const WEBHOOK_OPTIONS: readonly OptionSpec[] = [
     flag: 'sidecar-memory-request',
     key: 'sidecarMemoryRequest',
     value: 'QUANTITY',
-    default: '80Mi',
+    default: '64Mi',
     parse: quantity,
     help: "the sidecar's memory request (a pod may set arc-imds-proxy/sidecar-memory-request)",
   },
