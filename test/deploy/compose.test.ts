@@ -23,6 +23,7 @@ import {
   splitCommand,
   yamlDocument,
 } from '../fixtures/deploy.js';
+import { WEBHOOK_OPTIONS } from '../../src/commands/webhook.js';
 
 const run = promisify(execFile);
 const DCLINT = path.join(ROOT, 'node_modules', '.bin', 'dclint');
@@ -179,6 +180,25 @@ for (const file of COMPOSE_FILES) {
       t.match(user, /^\d+:\d+$/, `${s.name}: an explicit numeric user (${user})`);
       if (s !== netnsSetup) t.not(user.split(':')[0], '0', `${s.name}: not root`);
       if (s.svc.network_mode === 'host') t.equal(s, relay, `${s.name}: only the relay may use the host's network namespace`);
+    }
+  });
+
+  t.test(`${rel(file)}: memory reservations and limits, the same as the Kubernetes requests and limits`, async (t) => {
+    // One measured figure per role (docs/performance.md): compose's reservation is Kubernetes' request.
+    const relayK8s = yamlDocument('deploy/kubernetes/base/relay-daemonset.yaml').spec.template.spec.containers[0].resources;
+    const sidecarDefault = (flag: string) => WEBHOOK_OPTIONS.find((o) => o.flag === flag)!.default!;
+    const mebibytes = (q: string) => Number(/^(\d+)(m|Mi)$/.exec(q)?.[1] ?? Number.NaN);
+    for (const [s, reservation, limit] of [
+      [relay, relayK8s.requests.memory, relayK8s.limits.memory],
+      [sidecar, sidecarDefault('sidecar-memory-request'), sidecarDefault('sidecar-memory-limit')],
+    ] as const) {
+      if (!s) continue;
+      t.equal(
+        mebibytes(String(s.svc.mem_reservation)),
+        mebibytes(reservation),
+        `${s.name}: mem_reservation ${s.svc.mem_reservation} (Kubernetes: ${reservation})`,
+      );
+      t.equal(mebibytes(String(s.svc.mem_limit)), mebibytes(limit), `${s.name}: mem_limit ${s.svc.mem_limit} (Kubernetes: ${limit})`);
     }
   });
 
