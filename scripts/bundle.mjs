@@ -10,6 +10,7 @@
 //                          several share; a role loads only its own chunks
 //   dist/*.map             source maps to src/ (not shipped in the image; `node --enable-source-maps` uses them)
 //   dist/THIRD-PARTY-LICENSES.txt  the licence of every package the bundle contains, as the packages ship it
+//                          (with any licence file in a folder the bundled files came from)
 //
 // Two build-time substitutions, each for a reason:
 //   - src/version.ts becomes the version string itself: at run time it reads ../package.json relative to its own
@@ -77,19 +78,39 @@ const result = await esbuild.build({
   logLevel: 'warning',
 });
 
-// Every package the bundle took code from, with its licence text.
+// Every package the bundle took code from, with its licence texts: the package's own, and any licence or
+// notice file in a folder the bundled files came from (undici's fetch code carries a licence of its own). A
+// file belongs to the package of the last node_modules/ in its path (nested dependencies are packages too).
+const LICENCE_FILE = /^(licen[cs]e|copying|notice)([.-].*)?$/i;
+/** package root -> the folders (relative to it) bundled files came from */
 const packages = new Map();
 for (const input of Object.keys(result.metafile.inputs)) {
-  const m = /(?:^|\/)node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input);
-  if (m) packages.set(m[1], path.join(ROOT, input.slice(0, m.index + m[0].length)));
+  const at = input.lastIndexOf('node_modules/');
+  if (at === -1) continue;
+  const rest = input.slice(at + 'node_modules/'.length).split('/');
+  const nameParts = rest[0]?.startsWith('@') ? 2 : 1;
+  const root = path.join(ROOT, input.slice(0, at), 'node_modules', ...rest.slice(0, nameParts));
+  const folders = packages.get(root) ?? new Set(['']);
+  const within = rest.slice(nameParts, -1);
+  for (let i = 1; i <= within.length; i++) folders.add(within.slice(0, i).join('/'));
+  packages.set(root, folders);
 }
 const notices = [];
-for (const [name, dir] of [...packages].sort(([a], [b]) => a.localeCompare(b))) {
-  const meta = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8'));
-  const licenceFile = (await readdir(dir)).find((f) => /^(licen[cs]e|copying)(\.(md|txt))?$/i.test(f));
-  if (!licenceFile) throw new Error(`bundle: ${name} has no LICENSE file to ship with it`);
-  const text = (await readFile(path.join(dir, licenceFile), 'utf8')).trim();
-  notices.push(`${'='.repeat(78)}\n${name}@${meta.version} (${meta.license})\n${'='.repeat(78)}\n${text}\n`);
+for (const [root, folders] of [...packages].sort(([a], [b]) => a.localeCompare(b))) {
+  const meta = JSON.parse(await readFile(path.join(root, 'package.json'), 'utf8'));
+  const texts = [];
+  let atRoot = false;
+  for (const folder of [...folders].sort()) {
+    for (const file of (await readdir(path.join(root, folder))).filter((f) => LICENCE_FILE.test(f)).sort()) {
+      const where = folder === '' ? file : `${folder}/${file}`;
+      if (folder === '' && !/^notice/i.test(file)) atRoot = true;
+      texts.push(`--- ${where}\n${(await readFile(path.join(root, folder, file), 'utf8')).trim()}`);
+    }
+  }
+  if (!atRoot) {
+    throw new Error(`bundle: ${meta.name} has no licence file at its root to ship with it`);
+  }
+  notices.push(`${'='.repeat(78)}\n${meta.name}@${meta.version} (${meta.license})\n${'='.repeat(78)}\n${texts.join('\n\n')}\n`);
 }
 await writeFile(
   path.join(DIST, 'THIRD-PARTY-LICENSES.txt'),

@@ -16,7 +16,7 @@ import { setFlagsFromString } from 'node:v8';
  *   semi-space that V8 shrinks and regrows made cached-hit throughput flip between two levels ~20% apart from run
  *   to run), and it collects and shrinks the old generation sooner: 5,000 abandoned requests added 25 MB instead
  *   of 43-49 MB (Node 24). Cached-hit throughput measured the same as with the fixed 2 MB semi-spaces this
- *   replaces. V8 sizes the heap before any JavaScript runs, so it must be on the command line (NODE_OPTIONS would do, but not for the other).
+ *   replaces. V8 sizes the heap before any JavaScript runs, so it must be on the command line.
  * - `--liftoff-only`: undici parses upstream answers with llhttp compiled to WebAssembly. V8 runs it as baseline
  *   (Liftoff) code and, once it has run enough, recompiles it optimised on a background thread, whose malloc
  *   arena then keeps about 10 MB resident for good (Node 24: idle RSS 65 -> 77 MB at the second readiness check,
@@ -37,13 +37,11 @@ export function commandOf(argv: readonly string[]): string {
 }
 
 /**
- * The runtime options missing from how this node was started (its command line, or NODE_OPTIONS). An option
- * given with another value, or a flag given negated (`--no-liftoff-only`), is the operator's choice: not missing.
+ * The runtime options missing from node's command line (NODE_OPTIONS cannot carry them: node refuses both there
+ * and does not start). A flag given negated (`--no-liftoff-only`) is the operator's choice: not missing.
  */
-export function missingRuntimeOptions(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
-  const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)].map((a) =>
-    a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`),
-  );
+export function missingRuntimeOptions(execArgv: readonly string[]): string[] {
+  const given = execArgv.map((a) => a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`));
   return RUNTIME_OPTIONS.filter((option) => {
     const name = option.split('=')[0]!;
     const negated = `--no-${name.slice(2)}`;
@@ -69,7 +67,7 @@ function isTheEntryPoint(): boolean {
  */
 function reexecWithRuntimeOptions(): void {
   if (!isTheEntryPoint() || !LONG_RUNNING.has(commandOf(process.argv.slice(2)))) return;
-  const missing = missingRuntimeOptions(process.execArgv, process.env.NODE_OPTIONS);
+  const missing = missingRuntimeOptions(process.execArgv);
   const execve = (process as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (missing.length === 0 || typeof execve !== 'function') return;
   execve(process.execPath, [process.execPath, ...missing, ...process.execArgv, ...process.argv.slice(1)], process.env);

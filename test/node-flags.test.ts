@@ -1,7 +1,7 @@
 // The entry point's process-wide V8 settings (src/node-flags.ts): which command needs the runtime options, how
 // missing ones are found, and, on a Node that has process.execve, that `node dist/cli.js` started without them
 // runs with them (the same PID), while `probe` is never re-executed. Loopback only.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
@@ -25,19 +25,26 @@ t.test('the command is read as cli.ts reads it', async (t) => {
   for (const help of ['--help', '-h', 'help', '--version', '-v']) t.equal(commandOf([help]), 'help', `${help}: not a long-running command`);
 });
 
-t.test('missing runtime options: from the command line or NODE_OPTIONS, either spelling, negated or not', async (t) => {
-  t.same(missingRuntimeOptions([], undefined), [...RUNTIME_OPTIONS], 'none given: all');
-  t.same(missingRuntimeOptions([...RUNTIME_OPTIONS], undefined), [], 'all given');
-  t.same(missingRuntimeOptions(['--optimize_for_size', '--liftoff_only'], undefined), [], 'underscores are the same flags');
-  t.same(missingRuntimeOptions(['--liftoff-only'], '--optimize-for-size --enable-source-maps'), [], 'one may come from NODE_OPTIONS');
-  t.same(missingRuntimeOptions(['--liftoff-only'], undefined), ['--optimize-for-size'], 'only what is missing');
+t.test('missing runtime options: from the command line, either spelling, negated or not', async (t) => {
+  t.same(missingRuntimeOptions([]), [...RUNTIME_OPTIONS], 'none given: all');
+  t.same(missingRuntimeOptions([...RUNTIME_OPTIONS]), [], 'all given');
+  t.same(missingRuntimeOptions(['--optimize_for_size', '--liftoff_only']), [], 'underscores are the same flags');
+  t.same(missingRuntimeOptions(['--liftoff-only', '--enable-source-maps']), ['--optimize-for-size'], 'only what is missing');
   t.same(
-    missingRuntimeOptions(['--max-semi-space-size=2', '--min-semi-space-size=2'], undefined),
+    missingRuntimeOptions(['--max-semi-space-size=2', '--min-semi-space-size=2']),
     [...RUNTIME_OPTIONS],
     'the heap options earlier images ran with: both are added',
   );
-  t.same(missingRuntimeOptions(['--no-liftoff-only', '--no-optimize-for-size'], undefined), [], "a negated flag is the operator's choice");
-  t.same(missingRuntimeOptions(['--optimize-for-size-x', '--liftoff-only-x'], ''), [...RUNTIME_OPTIONS], 'a longer flag name is not the option');
+  t.same(missingRuntimeOptions(['--no-liftoff-only', '--no-optimize-for-size']), [], "a negated flag is the operator's choice");
+  t.same(missingRuntimeOptions(['--optimize-for-size-x', '--liftoff-only-x']), [...RUNTIME_OPTIONS], 'a longer flag name is not the option');
+});
+
+t.test('node refuses the runtime options in NODE_OPTIONS, so the command line is the only place for them', async (t) => {
+  for (const option of RUNTIME_OPTIONS) {
+    const result = spawnSync(process.execPath, ['-e', '0'], { env: { ...process.env, NODE_OPTIONS: option }, encoding: 'utf8' });
+    t.not(result.status, 0, `${option} in NODE_OPTIONS: node does not start`);
+    t.match(result.stderr, /not allowed in NODE_OPTIONS/, '...and says why');
+  }
 });
 
 function cmdline(pid: number): string[] {

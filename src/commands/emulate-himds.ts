@@ -1,6 +1,6 @@
 // `emulate-himds`: the built-in HIMDS emulator (src/emulator/himds.ts), for development and tests.
 import type { EmulatorOptions } from '../emulator/himds.js';
-import { USER_ASSIGNED_MODES } from '../emulator/himds.js';
+import { USER_ASSIGNED_MODES } from '../emulator/modes.js';
 import { logLevelOption, type OptionSpec, type Parsed } from '../options/parser.js';
 import { DEFAULT_TOKENS_DIR, type TcpAddress } from '../values/addresses.js';
 import {

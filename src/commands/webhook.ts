@@ -102,7 +102,7 @@ export const WEBHOOK_OPTIONS: readonly OptionSpec[] = [
     flag: 'sidecar-memory-request',
     key: 'sidecarMemoryRequest',
     value: 'QUANTITY',
-    default: '64Mi',
+    default: '72Mi',
     parse: quantity,
     help: "the sidecar's memory request (a pod may set arc-imds-proxy/sidecar-memory-request)",
   },

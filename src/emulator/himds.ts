@@ -14,8 +14,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TcpAddress } from '../values/addresses.js';
 
-export type UserAssignedMode = 'echo' | 'ignore' | 'not-found';
-export const USER_ASSIGNED_MODES: readonly UserAssignedMode[] = ['echo', 'ignore', 'not-found'];
+import type { UserAssignedMode } from './modes.js';
+
+export type { UserAssignedMode } from './modes.js';
 
 // node:http through process.getBuiltinModule, not `import http from 'node:http'`: on Node 24 that import
 // builds an ES module namespace of http's exports, which runs its lazy WebSocket/CloseEvent/MessageEvent

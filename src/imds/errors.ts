@@ -264,9 +264,20 @@ const FOR_UPSTREAM: Record<UpstreamFailureKind, (f: UpstreamFailure) => ImdsErro
 
 // Nobody is answered for a client that went away: one error for all of them, not one (with a stack) each.
 const CLIENT_CLOSED = new ImdsError('client_closed');
+// A cache refuses every new key at its bound with the same failure: one answer for it too, so a flood of
+// refusals makes nothing per request.
+const SATURATED = new WeakMap<FetchFailure, ImdsError>();
+function saturated(f: FetchFailure): ImdsError {
+  let known = SATURATED.get(f);
+  if (!known) {
+    known = new ImdsError('upstream_saturated', f.message);
+    SATURATED.set(f, known);
+  }
+  return known;
+}
 
 const FOR_FETCH: Record<FetchFailureKind, (f: FetchFailure) => ImdsError> = {
-  saturated: (f) => new ImdsError('upstream_saturated', f.message),
+  saturated,
   abandoned: () => CLIENT_CLOSED,
   deadline: (f) => new ImdsError('upstream_unavailable', f.message),
 };

@@ -17,6 +17,10 @@ export const REDACT_PATHS = [
   '*.key',
 ];
 
+/**
+ * JSON lines to stdout (or `destination`). Never a pino transport: transports run in a worker thread whose file
+ * pino finds relative to its own, which does not exist in the bundle that ships (scripts/bundle.mjs).
+ */
 export function createLogger(level: LogLevel, destination?: DestinationStream): Logger {
   const options = {
     level,

@@ -351,8 +351,17 @@ t.test('a client gone in the turn its fetch got a slot: the upstream never sees 
   const left = cache.getToken(request('https://left/'), gone.signal).catch((e: unknown) => e);
   gone.abort();
   t.equal(((await left) as FetchFailure).kind, 'abandoned');
-  // No rest for a slot that never reached the upstream: the next fetch takes it in the next turn.
-  const next = await cache.getToken(request('https://next/'), new AbortController().signal);
+  // No rest for a slot that never reached the upstream (an abandoned running fetch's slot rests
+  // ABANDONED_SLOT_REST_MS): the next fetch reaches the upstream within a turn or two of the event loop.
+  const pending = cache.getToken(request('https://next/'), new AbortController().signal);
+  await flush();
+  await flush();
+  t.same(
+    up.calls.map((c) => c.resource),
+    ['https://next/'],
+    'the next fetch is at the upstream already',
+  );
+  const next = await pending;
   t.equal(next.result, 'miss');
   t.same(
     up.calls.map((c) => c.resource),

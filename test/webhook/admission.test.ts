@@ -240,7 +240,7 @@ t.test('annotations: the --allow-resource list and the sidecar resources', async
     'arc-imds-proxy/allow-resource': 'https://vault.azure.net, https://storage.azure.com/*',
     'arc-imds-proxy/sidecar-cpu-request': '20m',
     'arc-imds-proxy/sidecar-cpu-limit': '500m',
-    'arc-imds-proxy/sidecar-memory-request': '72Mi',
+    'arc-imds-proxy/sidecar-memory-request': '80Mi',
     'arc-imds-proxy/sidecar-memory-limit': '256Mi',
   };
   const { patched } = await mutate(pod);
@@ -250,7 +250,7 @@ t.test('annotations: the --allow-resource list and the sidecar resources', async
     ['--allow-resource', 'https://vault.azure.net', '--allow-resource', 'https://storage.azure.com/*'],
     '--allow-resource, one per listed resource',
   );
-  t.same(sidecar.resources, { requests: { cpu: '20m', memory: '72Mi' }, limits: { cpu: '500m', memory: '256Mi' } }, 'resources from the annotations');
+  t.same(sidecar.resources, { requests: { cpu: '20m', memory: '80Mi' }, limits: { cpu: '500m', memory: '256Mi' } }, 'resources from the annotations');
   t.same(invocationProblems(sidecar.args, {}), [], 'a valid serve command line');
   t.ok(validates(patched), 'schema-valid');
   t.same(patched.metadata.annotations, pod.metadata.annotations, 'the annotations stay');
