@@ -9,7 +9,7 @@ import { Audit } from '../observability/audit.js';
 import { Readiness } from '../observability/health.js';
 import type { Logger } from '../observability/log.js';
 import { Metrics } from '../observability/metrics.js';
-import { TokenCache } from '../tokens/cache.js';
+import { TokenCache, type TokenCacheOptions } from '../tokens/cache.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { TokenFetcher } from '../upstream/token-fetch.js';
 import { describeAddress, IMDS_ADDRESS, type ListenAddress, type UpstreamAddress } from '../values/addresses.js';
@@ -19,7 +19,13 @@ import { ListenError, listenAll, type RunningServers } from './listeners.js';
 import { createRequestHandler } from './pipeline.js';
 
 /** Everything `serve` runs with (src/commands/serve.ts declares the options that produce it). */
-export interface ServeConfig {
+/** The cache's own settings, as the cache declares them (its fetch deadline is requestTimeoutMs). */
+type CacheSettings = Pick<
+  TokenCacheOptions,
+  'minRemainingMs' | 'refreshRatio' | 'refreshBeforeMs' | 'forceRefreshIntervalMs' | 'upstreamConcurrency' | 'upstreamQueue'
+>;
+
+export interface ServeConfig extends CacheSettings {
   readonly listen: readonly ListenAddress[];
   readonly upstream: UpstreamAddress;
   readonly tokensDir: string;
@@ -30,14 +36,6 @@ export interface ServeConfig {
   readonly requestTimeoutMs: number;
   readonly logLevel: LogLevel;
   readonly cacheMaxEntries: number;
-  /** A cached token is served only while it has at least this much validity left, ms. */
-  readonly minRemainingMs: number;
-  readonly refreshRatio: number;
-  readonly refreshBeforeMs: number;
-  readonly forceRefreshIntervalMs: number;
-  readonly upstreamConcurrency: number;
-  /** Token fetches that may wait for a slot beyond upstreamConcurrency. */
-  readonly upstreamQueue: number;
   /** Resources whose tokens are fetched at start. */
   readonly prefetch: readonly string[];
   /** Mode and group of unix socket listeners. */

@@ -50,6 +50,7 @@ export interface Clock {
 
 export interface TokenCacheOptions {
   readonly maxEntries: number;
+  /** A cached token is served only while it has at least this much validity left, ms. */
   readonly minRemainingMs: number;
   /** Refresh at this fraction of a token's lifetime... */
   readonly refreshRatio: number;
