@@ -219,6 +219,37 @@ async function live(prometheusBin: string): Promise<void> {
     });
   };
 
+  /**
+   * Wait until Prometheus has scraped both targets successfully twice, one rate window apart at most, after now.
+   * `up` is written for a failed scrape too (a timeout under a busy machine), and a failed scrape marks every
+   * series of its target stale; a range panel's increase()/rate() over RATE_INTERVAL needs two real samples of a
+   * series in one window, so "scraped once since now" is not enough for a series that exists on one target only.
+   */
+  const scrapedTwiceSinceNow = async () => {
+    const now = Date.now() / 1000;
+    const windowS = Number.parseFloat(RATE_INTERVAL);
+    await until('two successful scrapes of both targets within one rate window', async () => {
+      const r = await query('up{arc_imds_component=~"relay|sidecar"}[30s]');
+      const good = (s: any) =>
+        (s.values as [number, string][]).some(
+          ([at, v], i, all) => i > 0 && at > now && all[i - 1]![0] > now && v === '1' && all[i - 1]![1] === '1' && at - all[i - 1]![0] < windowS,
+        );
+      return r.result.length === 2 && r.result.every(good);
+    });
+  };
+
+  /** Per target, how many scrapes since T0 and when (unix seconds) those that failed ran. */
+  const scrapeHistory = async () => {
+    const seconds = Math.ceil(Date.now() / 1000 - T0) + 1;
+    const r = await query(`up{arc_imds_component=~"relay|sidecar"}[${seconds}s]`);
+    return Object.fromEntries(
+      r.result.map((s: any) => {
+        const samples = s.values as [number, string][];
+        return [s.metric.arc_imds_component, { scrapes: samples.length, failedAt: samples.filter(([, v]) => v !== '1').map(([at]) => at) }];
+      }),
+    );
+  };
+
   t.test('the rules Prometheus loaded are the shipped ones, with only `for:` shortened', async (t) => {
     // Health is "unknown" until a rule's first evaluation.
     const loaded = await until('every rule evaluated', async () => {
@@ -460,7 +491,7 @@ async function live(prometheusBin: string): Promise<void> {
   });
 
   await t.test('the Grafana dashboard: variables resolve, every query returns data of its panel type', async (t) => {
-    await scrapedSinceNow();
+    await scrapedTwiceSinceNow();
     const dashboard = JSON.parse(await readFile(DASHBOARD_FILE, 'utf8'));
     const vars: Record<string, string> = {};
     const substitute = (expr: string) => expr.replaceAll('$__rate_interval', RATE_INTERVAL).replace(/\$(\w+)/g, (m, name: string) => vars[name] ?? m);
@@ -490,10 +521,10 @@ async function live(prometheusBin: string): Promise<void> {
         } else {
           const r = await api('query_range', { query: expr, start: String(T0), end: String(Date.now() / 1000), step: '1' });
           t.equal(r.resultType, 'matrix', `${where}: a range result, as a ${p.type} panel plots`);
-          t.ok(
-            r.result.some((s: any) => s.values.some((v: any) => Number.isFinite(Number(v[1])))),
-            `${where}: ${r.result.length} series with data (${expr})`,
-          );
+          const plotted = r.result.some((s: any) => s.values.some((v: any) => Number.isFinite(Number(v[1]))));
+          t.ok(plotted, `${where}: ${r.result.length} series with data (${expr})`);
+          // What to look at when a panel is empty: whether the scrapes behind it succeeded.
+          if (!plotted) t.comment(`scrapes since the test began: ${JSON.stringify(await scrapeHistory())}`);
         }
       }
     }
