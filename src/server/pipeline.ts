@@ -21,6 +21,7 @@ import { TokenRoute } from '../imds/token-route.js';
 import type { Audit } from '../observability/audit.js';
 import { clip, type Logger } from '../observability/log.js';
 import type { Metrics, RouteLabel } from '../observability/metrics.js';
+import type { ThrottledWarning } from '../observability/throttled-warning.js';
 import type { Served, TokenCache } from '../tokens/cache.js';
 import { TokenResponses, type TokenRequest } from '../values/token.js';
 import type { UpstreamClient } from '../upstream/client.js';
@@ -55,14 +56,12 @@ export interface ProxyDeps {
   readonly policy: ResourcePolicy;
   /** This listener's limits on the token route (each listener has its own). */
   readonly limits: ListenerLimits;
+  /**
+   * Refusals at the fetch bound come in floods (every new resource while the upstream is stuck is one): logged as
+   * any upstream failure, but through this, one line per interval with a count. The metrics count every one.
+   */
+  readonly saturation: Pick<ThrottledWarning, 'warn'>;
 }
-
-/**
- * Refusals at the fetch bound come in floods (every new resource while the upstream is stuck is one): the first
- * is logged, then at most one line per this interval, saying how many were refused since the last one. The
- * metrics count every one.
- */
-export const SATURATION_LOG_INTERVAL_MS = 10_000;
 
 /** The route label of a request the gate refused (or that matched no route). */
 const NO_ROUTE: RouteLabel = 'none';
@@ -86,7 +85,7 @@ function unixClient(req: PipelineRequest): string {
 }
 
 export function createRequestHandler(deps: ProxyDeps): RequestHandler {
-  const { log, tokens, upstream, config, metrics, audit, draining, policy, limits } = deps;
+  const { log, tokens, upstream, config, metrics, audit, draining, policy, limits, saturation } = deps;
   // What this pipeline remembers per URL and per request object: the gate's decisions, the token requests read
   // from them, and the rendered answers. Owned here, one set per listener.
   const gate = new Gate();
@@ -94,8 +93,6 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
   // Decided once: at info, no per-request log object is even built.
   const debug = log.isLevelEnabled('debug');
   const responses = new TokenResponses();
-  let saturationLoggedAt = Number.NEGATIVE_INFINITY;
-  let saturatedSince = 0;
 
   /** A cached hit is answered synchronously; only a request that must wait for a fetch goes async. */
   function token(gated: GatedRequest, req: PipelineRequest, res: PipelineResponse): number | Promise<number> {
@@ -170,19 +167,6 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
     if (debug) log.debug({ method: req.method, url: clip(req.url), status }, line);
   }
 
-  /** A refusal at the fetch bound: logged as any upstream failure, but one line per interval at most. */
-  function saturated(req: PipelineRequest, known: ImdsError): void {
-    const now = performance.now();
-    if (now - saturationLoggedAt < SATURATION_LOG_INTERVAL_MS) {
-      saturatedSince++;
-      return;
-    }
-    const since = saturatedSince > 0 ? { refusedSinceLastLine: saturatedSince } : undefined;
-    log.warn({ url: clip(req.url), code: known.code, detail: known.detail, ...since }, 'request failed');
-    saturationLoggedAt = now;
-    saturatedSince = 0;
-  }
-
   function failed(req: PipelineRequest, res: PipelineResponse, route: RouteLabel, started: number, err: unknown): void {
     if (res.headersSent) {
       res.destroy();
@@ -199,7 +183,7 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
     if (known) {
       // The client's own mistakes (and refusals, throttling, hang-ups) are counted in the metrics and logged at
       // debug only: any client could otherwise fill the log. Upstream failures stay visible.
-      if (known.code === 'upstream_saturated') saturated(req, known);
+      if (known.code === 'upstream_saturated') saturation.warn({ url: clip(req.url), code: known.code, detail: known.detail });
       else if (!clientCaused(known.code)) log.warn({ url: clip(req.url), code: known.code, detail: known.detail }, 'request failed');
       else if (debug) log.debug({ url: clip(req.url), code: known.code, detail: known.detail }, 'request refused');
       rendered = renderImdsError(known);

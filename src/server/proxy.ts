@@ -9,6 +9,7 @@ import { Audit } from '../observability/audit.js';
 import { Readiness } from '../observability/health.js';
 import type { Logger } from '../observability/log.js';
 import { Metrics } from '../observability/metrics.js';
+import { ThrottledWarning } from '../observability/throttled-warning.js';
 import { TokenCache, type TokenCacheOptions } from '../tokens/cache.js';
 import { UpstreamClient } from '../upstream/client.js';
 import { TokenFetcher } from '../upstream/token-fetch.js';
@@ -18,13 +19,16 @@ import { VERSION } from '../version.js';
 import { ListenError, listenAll, type RunningServers } from './listeners.js';
 import { createRequestHandler } from './pipeline.js';
 
-/** Everything `serve` runs with (src/commands/serve.ts declares the options that produce it). */
 /** The cache's own settings, as the cache declares them (its fetch deadline is requestTimeoutMs). */
 type CacheSettings = Pick<
   TokenCacheOptions,
   'minRemainingMs' | 'refreshRatio' | 'refreshBeforeMs' | 'forceRefreshIntervalMs' | 'upstreamConcurrency' | 'upstreamQueue'
 >;
 
+/** Refusals at the fetch bound are logged at most once per this interval, each line saying how many it stands for. */
+export const SATURATION_LOG_INTERVAL_MS = 10_000;
+
+/** Everything `serve` runs with (src/commands/serve.ts declares the options that produce it). */
 export interface ServeConfig extends CacheSettings {
   readonly listen: readonly ListenAddress[];
   readonly upstream: UpstreamAddress;
@@ -126,11 +130,12 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
     log,
   );
   const audit = new Audit(log);
+  const saturation = new ThrottledWarning(log, 'request failed', SATURATION_LOG_INTERVAL_MS);
   const draining = { now: false };
   const policy = new ResourcePolicy(config.allowResource);
   // One handler per listener: each has its own limits.
   const handlerFor = () =>
-    createRequestHandler({ config, log, tokens, upstream, metrics, audit, draining, policy, limits: new ListenerLimits(config) });
+    createRequestHandler({ config, log, tokens, upstream, metrics, audit, draining, policy, saturation, limits: new ListenerLimits(config) });
   const socketAccess = { mode: config.socketMode, gid: config.socketGroup };
 
   let servers: RunningServers | undefined;
@@ -180,6 +185,7 @@ export async function startProxy(config: ServeConfig, log: Logger): Promise<Runn
         // Background refreshes may still be in flight: they get what is left of the grace period.
         await upstream.close(Math.max(0, config.shutdownTimeoutMs - (performance.now() - started)));
         audit.stop();
+        saturation.close();
         log.info({ ms: Math.round(performance.now() - started) }, 'drained and stopped');
         // Last: readyz answers 503 until the drain has ended.
         await admin?.close(0);

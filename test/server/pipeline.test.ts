@@ -8,6 +8,7 @@ import { ResourcePolicy } from '../../src/imds/policy.js';
 import { Audit } from '../../src/observability/audit.js';
 import { createLogger } from '../../src/observability/log.js';
 import { Metrics } from '../../src/observability/metrics.js';
+import { ThrottledWarning } from '../../src/observability/throttled-warning.js';
 import { createRequestHandler, type PipelineRequest, type PipelineResponse } from '../../src/server/pipeline.js';
 import { TokenCache } from '../../src/tokens/cache.js';
 import { UpstreamClient } from '../../src/upstream/client.js';
@@ -105,6 +106,7 @@ const handle = createRequestHandler({
   draining: { now: false },
   policy: new ResourcePolicy(['https://management.azure.com/', 'https://vault.azure.net*']),
   limits: new ListenerLimits({ rateLimit: undefined, concurrencyLimit: undefined }),
+  saturation: new ThrottledWarning(log, 'request failed', 10_000),
 });
 
 function ask(url: string, headers: Record<string, string> = { metadata: 'true' }, method = 'GET'): Promise<Answer> {
