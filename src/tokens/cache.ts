@@ -100,7 +100,6 @@ const ABANDONED_FAILURE = new FetchFailure('abandoned', ABANDONED.message);
 const DEADLINE_FAILURE = new FetchFailure('deadline', DEADLINE.message);
 const failureFor = (reason: Error | undefined) => (reason === ABANDONED ? ABANDONED_FAILURE : DEADLINE_FAILURE);
 const GRANTED = Promise.resolve();
-const ignore = () => undefined;
 
 /** A fetch's place in the slot queue. */
 interface QueuedAcquire {
@@ -284,6 +283,8 @@ export class TokenCache implements TokenSource {
 
   /** Join the fetch in flight for this key, or start one (if there is room). */
   async #join(key: string, request: TokenRequest, result: 'miss' | 'forced', gone: AbortSignal | undefined): Promise<Served> {
+    // A client already gone joins nothing and starts nothing.
+    if (gone?.aborted) throw ABANDONED_FAILURE;
     const inflight = this.#inflight.get(key);
     if (inflight) return { token: await this.#wait(key, inflight, gone), result: 'coalesced' };
     // A flood of new keys is refused without making anything per request.
@@ -296,12 +297,6 @@ export class TokenCache implements TokenSource {
     fetch.waiters++;
     // Without a signal (prefetch) the waiter stays until the fetch ends.
     if (gone === undefined) return fetch.token;
-    if (gone.aborted) {
-      // Nobody else may be listening to the fetch this drops: its rejection is seen here.
-      fetch.token.catch(ignore);
-      this.#leave(key, fetch);
-      return Promise.reject(ABANDONED_FAILURE);
-    }
     return new Promise<Token>((resolve, reject) => {
       const leave = () => {
         this.#leave(key, fetch);

@@ -370,6 +370,31 @@ t.test('a client gone in the turn its fetch got a slot: the upstream never sees 
   );
 });
 
+t.test('a client already gone when it asks starts nothing and joins nothing', async (t) => {
+  const clock = new FakeClock();
+  const up = scriptedFetch(clock);
+  // The live client's fetch is held at the upstream until the end, so that the gone clients find it in flight.
+  let answer!: () => void;
+  up.plan.push(() => new Promise<Token>((resolve) => (answer = () => resolve(up.token()))));
+  const cache = cacheWith(clock, up.fetch, { upstreamConcurrency: 1 });
+  const waiting = cache.getToken(request('https://shared/'), new AbortController().signal);
+  await flush();
+  t.equal(cache.inFlight, 1, 'a live client waits for a fetch');
+  const gone = AbortSignal.abort();
+  for (const resource of ['https://new/', 'https://shared/']) {
+    const err = await cache.getToken(request(resource), gone).catch((e: unknown) => e);
+    t.ok(err instanceof FetchFailure && err.kind === 'abandoned', `${resource}: abandoned at once`);
+  }
+  t.equal(cache.inFlight, 1, 'nothing more in flight');
+  answer();
+  t.equal((await waiting).result, 'miss', 'the live client is served: the gone one did not drop its fetch');
+  t.same(
+    up.calls.map((c) => c.resource),
+    ['https://shared/'],
+    'the upstream saw only that fetch',
+  );
+});
+
 t.test('a fetch still queued at its deadline leaves the queue without reaching the upstream', async (t) => {
   const clock = new FakeClock();
   const started: string[] = [];
