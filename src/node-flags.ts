@@ -76,5 +76,5 @@ function reexecWithRuntimeOptions(): void {
 reexecWithRuntimeOptions();
 
 // Where there is no re-exec (Node before 22.15), Node 20 does honour this one at run time (measured: no growth at
-// the readiness checks); elsewhere it is already on the command line and this changes nothing.
-setFlagsFromString('--liftoff-only');
+// the readiness checks). Elsewhere it is already on the command line; given negated, it is the operator's choice.
+if (missingRuntimeOptions(process.execArgv).includes('--liftoff-only')) setFlagsFromString('--liftoff-only');
