@@ -11,6 +11,7 @@
 //   dist/*.map             source maps to src/ (not shipped in the image; `node --enable-source-maps` uses them)
 //   dist/THIRD-PARTY-LICENSES.txt  the licence of every package the bundle contains, as the packages ship it
 //                          (with any licence file in a folder the bundled files came from)
+//   dist/bundle-meta.json  esbuild's metafile: the inputs and imports of each output (for tests; not shipped)
 //
 // Two build-time substitutions, each for a reason:
 //   - src/version.ts becomes the version string itself: at run time it reads ../package.json relative to its own
@@ -116,3 +117,7 @@ await writeFile(
   path.join(DIST, 'THIRD-PARTY-LICENSES.txt'),
   `arc-imds-proxy's dist/ bundles code from these packages, under these licences.\n\n${notices.join('\n')}`,
 );
+
+// What went into each output file and what each imports (statically or when run): test/bundle.test.ts reads it
+// to check that a role loads only its own code. Not shipped (the image takes cli.js, chunks/ and the licences).
+await writeFile(path.join(DIST, 'bundle-meta.json'), JSON.stringify(result.metafile));
