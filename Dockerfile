@@ -60,7 +60,7 @@ WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=build /src/out/dist ./dist
 # Its "type": "module" makes dist/'s .js files ES modules (the version is built into the bundle).
-COPY package.json ./
+COPY package.json LICENSE ./
 
 LABEL org.opencontainers.image.title="arc-imds-proxy" \
       org.opencontainers.image.description="Azure VM IMDS managed-identity endpoint for containers on Azure Arc-enabled machines" \

@@ -84,8 +84,8 @@ t.test('Dockerfile: a build stage and a runtime stage that carries the bundle on
     'runtime: no node_modules (the bundle holds the dependencies)',
   );
   t.ok(
-    copies.some((c) => /^package\.json \.\/?$/.test(c)),
-    'runtime: package.json (its "type": "module" makes dist/*.js ES modules)',
+    copies.some((c) => /^package\.json LICENSE \.\/?$/.test(c)),
+    'runtime: package.json (its "type": "module" makes dist/*.js ES modules) and the LICENSE the image is labelled with',
   );
   t.equal(lastOf(runtime, 'WORKDIR')?.args, '/app', 'runtime WORKDIR /app, where ENTRYPOINT finds dist/cli.js');
   t.notOk(

@@ -33,6 +33,11 @@ docker load -q -i "$E2E_WORK/images.tar" >/dev/null || { fail "images load into 
 # engine has no network to build with, so the image built from the same Dockerfile gets those names, and
 # compose runs with --no-build --pull never: it must find everything here.
 for svc in himds netns-setup relay sidecar; do docker tag "$IMAGE" "arc-imds-dev-$svc"; done
+# The image is labelled MIT: it carries that licence, and the licences of the packages bundled into dist/.
+# shellcheck disable=SC2016 # expanded by the container's shell
+expect "the image carries its LICENSE and the bundled packages' licences" "MIT License|undici prom-client pino lru-cache" \
+  "$(docker run --rm --network none --entrypoint sh "$IMAGE" -c 'printf "%s|" "$(head -n 1 /app/LICENSE)"
+    for p in undici prom-client pino lru-cache; do grep -q "^$p@" /app/dist/THIRD-PARTY-LICENSES.txt && printf "%s " "$p"; done' | sed 's/ $//')"
 
 # ---- helpers --------------------------------------------------------------------------------------------------
 dc() { docker compose -f "$FILE" "$@"; }
