@@ -228,12 +228,15 @@ export async function startCeiling(bodyFile, nodeArgs = []) {
 // /proc
 // ---------------------------------------------------------------------------------------------------------
 
-/** Resident set size of a process, MB (VmRSS in /proc/PID/status). */
+/** Bytes in a megabyte, as every memory figure of the bench reports them (the kernel's "kB" is 1024 bytes). */
+export const MB = 1e6;
+
+/** Resident set size of a process, MB (VmRSS in /proc/PID/status, whose kB are KiB). */
 export function rssMB(pid) {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
   if (!m) throw new Error(`no VmRSS for ${pid}`);
-  return Number(m[1]) / 1024;
+  return (Number(m[1]) * 1024) / MB;
 }
 
 const CLK_TCK = 100;
@@ -293,7 +296,7 @@ export async function heapAfterGcMB(child) {
     await call('HeapProfiler.collectGarbage');
     await call('HeapProfiler.collectGarbage');
     const { result } = await call('Runtime.evaluate', { expression: 'process.memoryUsage().heapUsed', returnByValue: true });
-    return result.value / 1024 / 1024;
+    return result.value / MB;
   } finally {
     ws.close();
   }

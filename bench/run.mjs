@@ -137,6 +137,9 @@ const GROWTH_TOLERANCE_MB = 5;
 const HEAP_TOLERANCE_MB = 1;
 /** Issue 15: what a sidecar may cost over a bare node:http server measured the same way, idle and with 1,000 connections. */
 const IDLE_OVER_BARE_MB = 12;
+// With 1,000 connections the target is relative to a bare node:http server with as many (issue 15). It replaced
+// an absolute < 80 MB set on Node 20, before the image moved to Node 24, where the bare server alone needs
+// about 90 MB for the same connections.
 const CONNECTIONS_OVER_BARE_MB = 25;
 
 const OUT = process.env.BENCH_OUT
@@ -719,14 +722,6 @@ function targetsOf(s) {
       dep.sidecar.withConnectionsMB <= dep.bare.withConnectionsMB + CONNECTIONS_OVER_BARE_MB,
     ),
     t(
-      'rss_connections_80',
-      `sidecar RSS with ${dep.sidecar.connections} open keep-alive connections`,
-      dep.sidecar.withConnectionsMB,
-      'MB',
-      '< 80 MB',
-      dep.sidecar.withConnectionsMB < 80,
-    ),
-    t(
       'rss_growth',
       `no growth over ${s.memory.leak.requests.toLocaleString('en')} requests: RSS growth (last 90%)`,
       s.memory.leak.growthMB,
@@ -801,12 +796,6 @@ function tableRows(s, targets) {
     `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections · bare node:http with ${dep.bare.connectionsOpen}`,
     `${dep.sidecar.withConnectionsMB} MB · ${dep.bare.withConnectionsMB} MB`,
     'rss_connections',
-  );
-  row(
-    '7 memory (RSS)',
-    `as deployed: sidecar with ${dep.sidecar.connectionsOpen} open keep-alive connections`,
-    `${dep.sidecar.withConnectionsMB} MB`,
-    'rss_connections_80',
   );
   row('7 memory (RSS)', 'as deployed: the relay behind it, idle (one token minted)', `${dep.sidecar.relayIdleMB} MB`);
   row(

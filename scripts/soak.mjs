@@ -79,7 +79,8 @@ function request(port, pathAndQuery, headers = { Metadata: 'true' }, method = 'G
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: WORKERS });
-const rssOf = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+// MB (10^6 bytes), as npm run bench reports them; the kernel's kB are KiB.
+const rssOf = (pid) => (Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024) / 1e6;
 
 let emulator = await start(['emulate-himds', '--listen', '127.0.0.1:0', '--tokens-dir', tokensDir, '--token-lifetime', '6m', '--log-level', 'info']);
 const emulatorPort = Number(emulator.address.split(':')[1]);

@@ -29,7 +29,6 @@ const TARGETS = [
   'probe_p99_hung',
   'ready',
   'rss_connections',
-  'rss_connections_80',
   'rss_growth',
   'rss_idle',
   'storm_fetches',
