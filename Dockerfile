@@ -82,5 +82,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 # collected and shrunk sooner), and undici's WebAssembly parser stays on baseline code (an optimised recompile
 # keeps ~10 MB for good). On the command line here, node starts with them and the entry point has nothing to
 # re-exec (the HEALTHCHECK's `probe` never needs them). docs/performance.md has the measurements.
-ENTRYPOINT ["node", "--optimize-for-size", "--liftoff-only", "/app/dist/cli.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=1", "--min-semi-space-size=1", "--heap-growing-percent=50", "--no-maglev", "--liftoff-only", "/app/dist/cli.js"]
 CMD ["serve"]

@@ -19,7 +19,7 @@
 //   - undici's `require('node:http2')` fails as on a Node built without HTTP/2, a case undici handles (its h2
 //     client is then unavailable). This proxy never enables HTTP/2 (no `allowH2`), and loading node:http2 brings
 //     TLS and costs about 4 MB RSS per process on Node 24.
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
@@ -78,6 +78,9 @@ const result = await esbuild.build({
   plugins: [inlineVersion, noHttp2ForUndici],
   logLevel: 'warning',
 });
+
+// The bin: executable, as npm makes it on install, so that `./dist/cli.js` runs through its shebang here too.
+await chmod(path.join(DIST, 'cli.js'), 0o755);
 
 // Every package the bundle took code from, with its licence texts: the package's own, and any licence or
 // notice file in a folder the bundled files came from (undici's fetch code carries a licence of its own). A

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --optimize-for-size --liftoff-only
+#!/usr/bin/env -S node --max-semi-space-size=1 --min-semi-space-size=1 --heap-growing-percent=50 --no-maglev --liftoff-only
 // arc-imds-proxy <command>: dispatch to the command (src/commands/), run it until a signal, and turn what it
 // throws into an exit status by the error's stable code. Nothing else lives here.
 // First: process-wide V8 settings (and a re-exec with the runtime options when they are missing).

@@ -11,19 +11,31 @@ import { setFlagsFromString } from 'node:v8';
  * the bin's shebang carry exactly these (tests check it); `node dist/cli.js` started without them re-executes
  * itself with them (below). docs/performance.md has the measurements.
  *
- * - `--optimize-for-size`: V8 favours memory over speed where it has the choice. It fixes the young generation
- *   small (Node 24: 1 MB semi-spaces) (by default Node 24 grows them to 64 MB under a burst of connections and keeps them; a
- *   semi-space that V8 shrinks and regrows made cached-hit throughput flip between two levels ~20% apart from run
- *   to run), and it collects and shrinks the old generation sooner: 5,000 abandoned requests added 25 MB instead
- *   of 43-49 MB (Node 24). Cached-hit throughput measured the same as with the fixed 2 MB semi-spaces this
- *   replaces. V8 sizes the heap before any JavaScript runs, so it must be on the command line.
+ * - `--max-semi-space-size=1 --min-semi-space-size=1`: a young generation fixed at 1 MB semi-spaces. By default
+ *   Node 24 grows it under a burst of connections and keeps it; a semi-space that V8 shrinks and regrows made
+ *   cached-hit throughput flip between two levels ~20% apart from run to run.
+ * - `--heap-growing-percent=50`: the old generation may grow by half of what survived the last full collection
+ *   before the next one, instead of V8's larger default factors: a burst of abandoned requests (issue 12) costs
+ *   about half the memory, for no measurable change in cached-hit throughput.
+ * - `--no-maglev`: no mid-tier optimising compiler. The hot path is compiled by TurboFan as before; Maglev's own
+ *   code (pages of the node binary) and output cost about 3 MB of idle RSS in every process.
  * - `--liftoff-only`: undici parses upstream answers with llhttp compiled to WebAssembly. V8 runs it as baseline
  *   (Liftoff) code and, once it has run enough, recompiles it optimised on a background thread, whose malloc
- *   arena then keeps about 10 MB resident for good (Node 24: idle RSS 65 -> 77 MB at the second readiness check,
- *   10 s after start). Upstream answers are rare and small: baseline code is plenty. Node 24 ignores it when set
- *   at run time (V8 freezes its flags once started), so it is on the command line with the other.
+ *   arena then stays resident for good (about 10 MB on Node 24, from the first periodic readiness check on).
+ *   Upstream answers are rare and small: baseline code is plenty. Node 24 ignores it when set at run time (V8
+ *   freezes its flags once started).
+ *
+ * Not `--optimize-for-size`, which an earlier version used: it also made V8 compile the request path for size,
+ * and cached-hit throughput fell by a fifth (docs/performance.md has the A/B). Node refuses every one of these
+ * but the first in NODE_OPTIONS; V8 sizes the heap before any JavaScript runs: the command line is the place.
  */
-export const RUNTIME_OPTIONS = ['--optimize-for-size', '--liftoff-only'] as const;
+export const RUNTIME_OPTIONS = [
+  '--max-semi-space-size=1',
+  '--min-semi-space-size=1',
+  '--heap-growing-percent=50',
+  '--no-maglev',
+  '--liftoff-only',
+] as const;
 
 /** The commands that run for long enough for the runtime options to matter. `probe` runs every 10 s: no re-exec. */
 const LONG_RUNNING = new Set(['serve', 'emulate-himds', 'demo', 'webhook']);
@@ -36,17 +48,19 @@ export function commandOf(argv: readonly string[]): string {
   return first.startsWith('-') ? 'serve' : first;
 }
 
+/** A node or V8 option's name without dashes, value or `no-`: `--no-maglev` and `--maglev` are both `maglev`. */
+function optionName(arg: string): string {
+  return arg.replace(/^--/, '').split('=')[0]!.replaceAll('_', '-').replace(/^no-/, '');
+}
+
 /**
- * The runtime options missing from node's command line (NODE_OPTIONS cannot carry them: node refuses both there
- * and does not start). A flag given negated (`--no-liftoff-only`) is the operator's choice: not missing.
+ * The runtime options missing from node's command line (NODE_OPTIONS cannot carry them: node refuses all but
+ * one there and does not start). An option given in any form (another value, negated, or not negated where ours
+ * is) is the operator's choice: not missing.
  */
 export function missingRuntimeOptions(execArgv: readonly string[]): string[] {
-  const given = execArgv.map((a) => a.replace(/^--([^=]*)/, (_m, name: string) => `--${name.replaceAll('_', '-')}`));
-  return RUNTIME_OPTIONS.filter((option) => {
-    const name = option.split('=')[0]!;
-    const negated = `--no-${name.slice(2)}`;
-    return !given.some((a) => a === name || a.startsWith(`${name}=`) || a === negated);
-  });
+  const given = new Set(execArgv.filter((a) => a.startsWith('--')).map(optionName));
+  return RUNTIME_OPTIONS.filter((option) => !given.has(optionName(option)));
 }
 
 /** Whether this process runs cli.ts (dist/cli.js, or the bin's link to it), not a test that imports this module. */
@@ -62,7 +76,7 @@ function isTheEntryPoint(): boolean {
 
 /**
  * Started without the runtime options for a long-running command: replace this process with node started with
- * them (same PID, so signals and a container's PID 1 are unaffected; about 40 ms). process.execve exists from
+ * them (same PID, so signals and a container's PID 1 are unaffected; one more node start-up). process.execve exists from
  * Node 22.15 / 23.11 on (the image runs Node 24); on an older Node the process runs on without them.
  */
 function reexecWithRuntimeOptions(): void {

@@ -124,7 +124,7 @@ t.test('Dockerfile: numeric non-root user, entrypoint, default command, health c
   t.same(
     nodeOptions,
     [...RUNTIME_OPTIONS],
-    "with the entry point's runtime options: a fixed 2 MB young generation, baseline WebAssembly (docs/performance.md)",
+    "with the entry point's runtime options: a fixed 1 MB young generation, a slower-growing old one, no Maglev, baseline WebAssembly (docs/performance.md)",
   );
   t.equal(
     read('src/cli.ts').split('\n')[0],
