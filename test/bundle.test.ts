@@ -81,6 +81,8 @@ t.test('the entry holds the command line and option tables only: no dependency, 
 });
 
 // For each command: what it must never load. `demo` runs the emulator and the proxy together: not listed.
+/** The proxy's own dependencies and entry: only `serve` (and `demo`) may load them. */
+const PROXY = ['undici', 'prom-client', 'lru-cache', 'src/server/proxy.ts'];
 const NEVER: Record<string, { units: string[]; why: string }> = {
   serve: {
     units: [
@@ -94,19 +96,13 @@ const NEVER: Record<string, { units: string[]; why: string }> = {
     why: 'the sidecar and the relay: no emulator, demo, probe client or webhook',
   },
   probe: {
-    units: ['pino', 'undici', 'prom-client', 'lru-cache', 'src/server/proxy.ts', 'src/tokens/cache.ts'],
+    units: ['pino', ...PROXY, 'src/tokens/cache.ts'],
     why: 'the health check, every 10 s in every container: node:http and nothing else of ours',
   },
-  'emulate-himds': {
-    units: ['undici', 'prom-client', 'lru-cache', 'src/server/proxy.ts', 'src/tokens/cache.ts', 'src/webhook/server.ts'],
-    why: 'the emulator: no proxy, no upstream client',
-  },
-  webhook: {
-    units: ['undici', 'prom-client', 'lru-cache', 'src/server/proxy.ts', 'src/tokens/cache.ts', 'src/emulator/himds.ts'],
-    why: 'the admission webhook: no proxy, no emulator',
-  },
+  'emulate-himds': { units: [...PROXY, 'src/tokens/cache.ts', 'src/webhook/server.ts'], why: 'the emulator: no proxy, no upstream client' },
+  webhook: { units: [...PROXY, 'src/tokens/cache.ts', 'src/emulator/himds.ts'], why: 'the admission webhook: no proxy, no emulator' },
   'netns-setup': {
-    units: ['undici', 'prom-client', 'lru-cache', 'src/server/proxy.ts', 'src/emulator/himds.ts', 'src/webhook/server.ts'],
+    units: [...PROXY, 'src/emulator/himds.ts', 'src/webhook/server.ts'],
     why: 'the one-shot that adds the address: no proxy, no emulator, no webhook',
   },
 };
