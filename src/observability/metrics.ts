@@ -220,7 +220,7 @@ export class Metrics {
 
   readonly upstreamDuration = new Histogram({
     name: 'arc_imds_upstream_request_duration_seconds',
-    help: 'Upstream request time until the response headers (whole body for token legs), by leg',
+    help: 'Upstream request time until the whole answer (body included) was read, by leg',
     labelNames: ['leg'] as const,
     buckets: UPSTREAM_BUCKETS,
     registers: [this.registry],

@@ -1,21 +1,21 @@
 // The one way anything reaches the upstream (HIMDS, or a relay): an undici Pool with per-attempt deadlines
 // (AbortSignal.timeout: undici's own timeouts are too coarse), bounded body reads, and failures classified into
-// typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Bodies are
-// always consumed or dumped so pooled connections are reused, never leaked.
+// typed UpstreamFailures (what happened; what a client is told is decided in src/imds/errors.ts). Each answer
+// is read whole by a dispatch handler of our own (UpstreamAnswer, below), so a pooled connection is always
+// read to the end or destroyed, never left half-read.
 import type { Dispatcher, Pool } from 'undici';
 import undiciErrors from 'undici/lib/core/errors.js';
-import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
 import PoolClass from 'undici/lib/dispatcher/pool.js';
-import request from 'undici/lib/api/api-request.js';
 import type { Metrics, UpstreamLeg, UpstreamOutcome } from '../observability/metrics.js';
 import type { UpstreamAddress } from '../values/addresses.js';
 import { UpstreamFailure } from '../values/failures.js';
 
-// undici's Pool, its request method and its errors, not its index: the index also loads fetch, WebSocket,
-// caches, mocks and the other request APIs (about 6 MB RSS on Node 24), none of which an upstream call uses.
-// Static imports, so the build's bundler takes exactly these files (src/vendor.d.ts gives them undici's types).
-// `request` goes onto the Dispatcher prototype as undici's index puts it there.
-DispatcherClass.prototype.request = request;
+// undici's Pool and its errors, not its index: the index also loads fetch, WebSocket, caches, mocks and the
+// request APIs (about 6 MB RSS on Node 24), none of which an upstream call uses. Static imports, so the build's
+// bundler takes exactly these files (src/vendor.d.ts gives them undici's types). Not undici's `request()`
+// either: it hands the body over as a stream, which a small answer read whole does not need, and the cold path
+// (a token minted: two upstream calls, rare enough to run as baseline code) pays for every layer
+// (docs/performance.md, "The cold path").
 
 /** Token and error bodies are small; anything bigger is not HIMDS talking. */
 export const MAX_UPSTREAM_BODY = 64 * 1024;
@@ -77,24 +77,29 @@ export class UpstreamClient {
    * One GET with the attempt deadline (and the caller's overall signal); the body read whole, bounded. Metadata
    * passthrough has connections of its own, so polling instance metadata cannot starve token fetches.
    */
-  async get(leg: UpstreamLeg, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+  get(leg: UpstreamLeg, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
     const started = performance.now();
-    const attempt = AbortSignal.any([signal, AbortSignal.timeout(this.#attemptTimeoutMs)]);
     const pool = leg === 'passthrough' ? this.#metadataPool : this.#pool;
-    let response: Dispatcher.ResponseData;
-    try {
-      response = await pool.request({ path, method: 'GET', headers, signal: attempt });
-    } catch (err) {
-      throw this.#failed(leg, started, this.#classify(err, attempt));
-    }
-    try {
-      const body = await readBounded(response.body);
-      this.#record(leg, started, statusOutcome(response.statusCode));
-      return { status: response.statusCode, headers: response.headers, body };
-    } catch (err) {
-      response.body.destroy();
-      throw this.#failed(leg, started, err instanceof UpstreamFailure ? err : this.#classify(err, attempt));
-    }
+    return new Promise((resolve, reject) => {
+      const late = () => new UpstreamFailure('timeout', `no answer from ${this.describe} in time`);
+      if (signal.aborted) {
+        reject(this.#failed(leg, started, late()));
+        return;
+      }
+      const deadline = AbortSignal.timeout(this.#attemptTimeoutMs);
+      const onAbort = () => answer.abort(late());
+      const answer = new UpstreamAnswer((err, response) => {
+        signal.removeEventListener('abort', onAbort);
+        deadline.removeEventListener('abort', onAbort);
+        if (response) {
+          this.#record(leg, started, statusOutcome(response.status));
+          resolve(response);
+        } else reject(this.#failed(leg, started, this.#classify(err)));
+      });
+      signal.addEventListener('abort', onAbort);
+      deadline.addEventListener('abort', onAbort);
+      pool.dispatch({ path, method: 'GET', headers }, answer);
+    });
   }
 
   #record(leg: UpstreamLeg, started: number, outcome: UpstreamOutcome): void {
@@ -113,11 +118,10 @@ export class UpstreamClient {
     await Promise.all([closePool(this.#pool, graceMs), closePool(this.#metadataPool, graceMs)]);
   }
 
-  /** Say what undici or the deadline threw: a typed failure. */
-  #classify(err: unknown, attempt: AbortSignal): UpstreamFailure {
+  /** Say what undici threw: a typed failure (the deadline's and the body bound's are typed already). */
+  #classify(err: unknown): UpstreamFailure {
     if (err instanceof UpstreamFailure) return err;
     const cause = { cause: err };
-    if (attempt.aborted) return new UpstreamFailure('timeout', `no answer from ${this.describe} in time`, cause);
     const code = (err as { code?: string }).code;
     if (code === 'ECONNREFUSED') return new UpstreamFailure('refused', `connection refused by ${this.describe}`, cause);
     if (code === 'ENOENT') return new UpstreamFailure('refused', `no socket at ${this.describe} (is the relay running?)`, cause);
@@ -145,17 +149,70 @@ async function closePool(pool: Pool, graceMs: number): Promise<void> {
   if (outcome === 'expired') await pool.destroy();
 }
 
-async function readBounded(body: Dispatcher.ResponseData['body']): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_UPSTREAM_BODY) {
-      throw new UpstreamFailure('bad_body', `response body larger than ${MAX_UPSTREAM_BODY} bytes`);
-    }
-    chunks.push(chunk);
+/**
+ * What undici tells us about one request, collected into an UpstreamResponse: settles once, with the whole
+ * answer or the first failure. A body over MAX_UPSTREAM_BODY, or abort(), stops the request (undici then
+ * destroys its connection: nothing half-read goes back into the pool).
+ */
+class UpstreamAnswer implements Dispatcher.DispatchHandler {
+  readonly #settle: (err: unknown, response?: UpstreamResponse) => void;
+  #settled = false;
+  #controller: Dispatcher.DispatchController | undefined;
+  /** Set when aborted before undici started the request: it is stopped as soon as it starts. */
+  #abortedWith: Error | undefined;
+  #status = 0;
+  #headers: UpstreamResponse['headers'] = {};
+  readonly #chunks: Buffer[] = [];
+  #size = 0;
+
+  constructor(settle: (err: unknown, response?: UpstreamResponse) => void) {
+    this.#settle = settle;
   }
-  return Buffer.concat(chunks, size).toString('utf8');
+
+  /** Give up on the request: it settles now with `reason`, and undici stops it. */
+  abort(reason: Error): void {
+    this.#finish(reason);
+    if (this.#controller) this.#controller.abort(reason);
+    else this.#abortedWith ??= reason;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#abortedWith) controller.abort(this.#abortedWith);
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
+    // 1xx answers are informational: the real one follows.
+    if (statusCode < 200) return;
+    this.#status = statusCode;
+    this.#headers = headers;
+  }
+
+  onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#settled) return;
+    this.#size += chunk.length;
+    if (this.#size > MAX_UPSTREAM_BODY) {
+      this.abort(new UpstreamFailure('bad_body', `response body larger than ${MAX_UPSTREAM_BODY} bytes`));
+      return;
+    }
+    this.#chunks.push(chunk);
+  }
+
+  onResponseEnd(): void {
+    const body = Buffer.concat(this.#chunks, this.#size).toString('utf8');
+    this.#finish(undefined, { status: this.#status, headers: this.#headers, body });
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.#finish(err);
+  }
+
+  #finish(err: unknown, response?: UpstreamResponse): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#chunks.length = 0;
+    this.#settle(err, response);
+  }
 }
 
 /** First value of a response header, whatever its casing upstream (undici lower-cases names). */
