@@ -2,8 +2,12 @@
 // as a privileged process, so it is hostile input: it must name a plainly-named `.key` file directly inside
 // the configured tokens directory, and that file must be a small regular file that is not a link. The key is
 // single-use: read once, sent once, never cached, never logged, never returned.
-import { constants } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+//
+// The read is synchronous, on purpose: five system calls on a file of at most 4 KB that HIMDS wrote into its
+// local directory a moment before (its inode and page are in memory) take a few microseconds; the same five
+// through libuv's thread pool took about 0.15 ms, each a hand-off to a pool thread and back, on the path of
+// every token minted (docs/performance.md, "The cold path"). nginx reads the files it serves the same way.
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { UpstreamFailure, type ChallengeFailure } from '../values/failures.js';
 
@@ -59,27 +63,27 @@ const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
  * O_NOFOLLOW|O_NONBLOCK and check the opened file is the one inspected (no swap in between). One trailing
  * newline is stripped; the key goes into a header, so it must be printable.
  */
-export async function readKeyFile(realm: string, tokensDir: string): Promise<string> {
+export function readKeyFile(realm: string, tokensDir: string): string {
   const file = keyFilePath(realm, tokensDir);
-  const before = await lstat(file).catch((err: unknown) => {
-    throw fsFailure(err, tokensDir);
-  });
-  checkShape(before.isSymbolicLink(), before.isFile(), before.size);
-
-  const handle = await open(file, OPEN_FLAGS).catch((err: unknown) => {
-    throw fsFailure(err, tokensDir);
-  });
+  let before: Stats;
+  let fd: number;
   try {
-    const opened = await handle.stat();
+    before = lstatSync(file);
+    checkShape(before.isSymbolicLink(), before.isFile(), before.size);
+    fd = openSync(file, OPEN_FLAGS);
+  } catch (err) {
+    throw fsFailure(err, tokensDir);
+  }
+  const buffer = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
+  try {
+    const opened = fstatSync(fd);
     if (opened.ino !== before.ino || opened.dev !== before.dev) {
       throw new ChallengeError('symlink', 'the key file was replaced while it was being read; refusing it');
     }
     checkShape(false, opened.isFile(), opened.size);
-    const buffer = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
-    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    const bytesRead = readSync(fd, buffer, 0, buffer.length, 0);
     checkShape(false, true, bytesRead);
     let key = buffer.toString('utf8', 0, bytesRead);
-    buffer.fill(0);
     if (key.endsWith('\r\n')) key = key.slice(0, -2);
     else if (key.endsWith('\n')) key = key.slice(0, -1);
     // It becomes an HTTP header value: printable ASCII only (undici refuses anything else).
@@ -88,10 +92,10 @@ export async function readKeyFile(realm: string, tokensDir: string): Promise<str
     }
     return key;
   } catch (err) {
-    if (err instanceof ChallengeError) throw err;
     throw fsFailure(err, tokensDir);
   } finally {
-    await handle.close();
+    buffer.fill(0);
+    closeSync(fd);
   }
 }
 

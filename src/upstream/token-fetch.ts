@@ -59,7 +59,7 @@ export class TokenFetcher {
   async #attempt(path: string, request: TokenRequest, signal: AbortSignal): Promise<Token> {
     let response = await this.#client.get('challenge', path, this.#headers, signal);
     if (response.status === 401) {
-      const key = await this.#answerChallenge(response);
+      const key = this.#answerChallenge(response);
       response = await this.#client.get('token', path, { ...this.#headers, Authorization: `Basic ${key}` }, signal);
       if (response.status === 401) {
         this.#options.metrics?.challengeFailures.inc({ reason: 'key_rejected' });
@@ -71,9 +71,9 @@ export class TokenFetcher {
   }
 
   /** The key the 401 asks for. Failures are counted by reason. */
-  async #answerChallenge(response: UpstreamResponse): Promise<string> {
+  #answerChallenge(response: UpstreamResponse): string {
     try {
-      return await readKeyFile(parseRealm(response.headers['www-authenticate']), this.#options.tokensDir);
+      return readKeyFile(parseRealm(response.headers['www-authenticate']), this.#options.tokensDir);
     } catch (err) {
       if (err instanceof ChallengeError) this.#options.metrics?.challengeFailures.inc({ reason: err.reason });
       throw err;
@@ -89,7 +89,7 @@ export class TokenFetcher {
     const path = this.#path(tokenRequest(resource));
     const response = await this.#client.get('challenge', path, this.#headers, signal);
     if (response.status === 401) {
-      await this.#answerChallenge(response);
+      this.#answerChallenge(response);
       return 'a token can be minted';
     }
     // A relay restricted by --allow-resource refuses the readiness resource: it answered, so the chain through

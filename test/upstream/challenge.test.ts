@@ -18,9 +18,9 @@ async function tokensDir(t: Test): Promise<string> {
   return dir;
 }
 
-async function failure(t: Test, promise: Promise<unknown>, reason: string, message?: RegExp) {
+function failure(t: Test, read: () => unknown, reason: string, message?: RegExp) {
   try {
-    await promise;
+    read();
     t.fail(`expected a ${reason} failure`);
   } catch (err) {
     t.type(err, ChallengeError, `${reason}: a ChallengeError`);
@@ -83,48 +83,48 @@ t.test('reading the key file', async (t) => {
   const key = path.join(dir, `${GUID}.key`);
 
   await writeFile(key, 'secret-key-1', { mode: 0o640 });
-  t.equal(await readKeyFile(key, dir), 'secret-key-1', 'plain key');
+  t.equal(readKeyFile(key, dir), 'secret-key-1', 'plain key');
   await writeFile(key, 'secret-key-2\n');
-  t.equal(await readKeyFile(key, dir), 'secret-key-2', 'one trailing newline stripped');
+  t.equal(readKeyFile(key, dir), 'secret-key-2', 'one trailing newline stripped');
   await writeFile(key, 'secret-key-3\r\n');
-  t.equal(await readKeyFile(key, dir), 'secret-key-3', 'one trailing CRLF stripped');
+  t.equal(readKeyFile(key, dir), 'secret-key-3', 'one trailing CRLF stripped');
   await writeFile(key, 'k'.repeat(4096));
-  t.equal((await readKeyFile(key, dir)).length, 4096, '4096 bytes is allowed (inclusive)');
+  t.equal(readKeyFile(key, dir).length, 4096, '4096 bytes is allowed (inclusive)');
 
   await writeFile(key, 'k'.repeat(4097));
-  await failure(t, readKeyFile(key, dir), 'too_large', /4096/);
+  failure(t, () => readKeyFile(key, dir), 'too_large', /4096/);
   await writeFile(key, '');
-  await failure(t, readKeyFile(key, dir), 'empty');
+  failure(t, () => readKeyFile(key, dir), 'empty');
   await writeFile(key, '\n');
-  await failure(t, readKeyFile(key, dir), 'bad_key');
+  failure(t, () => readKeyFile(key, dir), 'bad_key');
   await writeFile(key, 'two\nlines');
-  await failure(t, readKeyFile(key, dir), 'bad_key', /unprintable/);
+  failure(t, () => readKeyFile(key, dir), 'bad_key', /unprintable/);
   await writeFile(key, 'kéy');
-  await failure(t, readKeyFile(key, dir), 'bad_key', undefined);
+  failure(t, () => readKeyFile(key, dir), 'bad_key', undefined);
   await writeFile(key, 'a key');
-  await failure(t, readKeyFile(key, dir), 'bad_key', undefined);
+  failure(t, () => readKeyFile(key, dir), 'bad_key', undefined);
   await rm(key);
-  await failure(t, readKeyFile(key, dir), 'missing', /does not exist/);
+  failure(t, () => readKeyFile(key, dir), 'missing', /does not exist/);
 
   await symlink('/etc/passwd', key);
-  await failure(t, readKeyFile(key, dir), 'symlink', /symbolic link/);
+  failure(t, () => readKeyFile(key, dir), 'symlink', /symbolic link/);
   await rm(key);
   const other = path.join(dir, 'other.key');
   await writeFile(other, 'x');
   await symlink(other, key);
-  await failure(t, readKeyFile(key, dir), 'symlink', undefined);
+  failure(t, () => readKeyFile(key, dir), 'symlink', undefined);
   await rm(key);
 
   await mkdir(key);
-  await failure(t, readKeyFile(key, dir), 'not_regular');
+  failure(t, () => readKeyFile(key, dir), 'not_regular');
   await rm(key, { recursive: true });
 
   // A FIFO with no writer would block a plain open() forever; we never open it at all.
   t.equal(spawnSync('mkfifo', [key]).status, 0, 'mkfifo (coreutils) made a FIFO');
-  await failure(t, readKeyFile(key, dir), 'not_regular', /not a regular file/);
+  failure(t, () => readKeyFile(key, dir), 'not_regular', /not a regular file/);
   await rm(key);
 
-  await failure(t, readKeyFile(`${path.dirname(dir)}/${GUID}.key`, dir), 'bad_realm', /refusing to read it/);
+  failure(t, () => readKeyFile(`${path.dirname(dir)}/${GUID}.key`, dir), 'bad_realm', /refusing to read it/);
 });
 
 const notRoot = process.getuid?.() !== 0 ? 'needs root, to run the reader as an unprivileged user' : false;
@@ -138,9 +138,12 @@ t.test('permission denied is explained for the operator', { skip: notRoot }, asy
   // and the checkout itself may not be readable by nobody).
   const script = `import { readKeyFile } from ${JSON.stringify(path.resolve('dist/upstream/challenge.js'))};
     process.setgid(65534); process.setuid(65534);
-    readKeyFile(${JSON.stringify(key)}, ${JSON.stringify(dir)}).then(
-      () => console.log(JSON.stringify({ ok: true })),
-      (e) => console.log(JSON.stringify({ reason: e.reason, message: e.message })));`;
+    try {
+      readKeyFile(${JSON.stringify(key)}, ${JSON.stringify(dir)});
+      console.log(JSON.stringify({ ok: true }));
+    } catch (e) {
+      console.log(JSON.stringify({ reason: e.reason, message: e.message }));
+    }`;
   const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 10_000 });
   t.equal(child.status, 0, `the child ran: ${child.stderr}`);
   const result = JSON.parse(child.stdout.trim() || '{}') as { reason?: string; message?: string };
