@@ -128,6 +128,9 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
   }
 
   function serve(request: TokenRequest, served: Served, req: PipelineRequest, res: PipelineResponse, started: number): number {
+    const rendered = responses.render(served.token, request, Date.now() / 1000);
+    send(res, 200, rendered.body, undefined, rendered.bytes);
+    // The bookkeeping after the answer is on its way: the client does not wait for log lines.
     metrics.cacheResults.inc(served.result);
     const client = req.socket.remoteAddress ?? unixClient(req);
     if (served.result === 'miss' || served.result === 'forced') {
@@ -144,8 +147,6 @@ export function createRequestHandler(deps: ProxyDeps): RequestHandler {
       );
     }
     audit.served(client, request);
-    const rendered = responses.render(served.token, request, Date.now() / 1000);
-    send(res, 200, rendered.body, undefined, rendered.bytes);
     return 200;
   }
 
