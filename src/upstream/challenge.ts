@@ -67,6 +67,7 @@ export function readKeyFile(realm: string, tokensDir: string): string {
   const file = keyFilePath(realm, tokensDir);
   let before: Stats;
   let fd: number;
+  const buffer = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
   try {
     before = lstatSync(file);
     checkShape(before.isSymbolicLink(), before.isFile(), before.size);
@@ -74,7 +75,6 @@ export function readKeyFile(realm: string, tokensDir: string): string {
   } catch (err) {
     throw fsFailure(err, tokensDir);
   }
-  const buffer = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
   try {
     const opened = fstatSync(fd);
     if (opened.ino !== before.ino || opened.dev !== before.dev) {

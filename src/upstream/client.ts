@@ -91,10 +91,15 @@ export class UpstreamClient {
       const answer = new UpstreamAnswer((err, response) => {
         signal.removeEventListener('abort', onAbort);
         deadline.removeEventListener('abort', onAbort);
+        // Settled before anything else can throw: this runs inside undici's callbacks.
         if (response) {
-          this.#record(leg, started, statusOutcome(response.status));
           resolve(response);
-        } else reject(this.#failed(leg, started, this.#classify(err)));
+          this.#record(leg, started, statusOutcome(response.status));
+        } else {
+          const failure = this.#classify(err);
+          reject(failure);
+          this.#record(leg, started, failureOutcome(failure));
+        }
       });
       signal.addEventListener('abort', onAbort);
       deadline.addEventListener('abort', onAbort);
@@ -169,7 +174,11 @@ class UpstreamAnswer implements Dispatcher.DispatchHandler {
     this.#settle = settle;
   }
 
-  /** Give up on the request: it settles now with `reason`, and undici stops it. */
+  /**
+   * Give up on the request: it settles now with `reason`, and undici stops it. One still waiting for a pooled
+   * connection is stopped when it gets one, before anything is written (undici then closes that connection, as
+   * its request() did).
+   */
   abort(reason: Error): void {
     this.#finish(reason);
     if (this.#controller) this.#controller.abort(reason);

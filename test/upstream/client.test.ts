@@ -1,8 +1,10 @@
 // The upstream client on its own, against real loopback servers: what it reads of an answer, and how each way
 // an upstream call can end (a deadline, a caller giving up, a body too big) leaves the connection pool.
+import { getEventListeners } from 'node:events';
 import http from 'node:http';
 import type net from 'node:net';
 import t, { type Test } from 'tap';
+import { Metrics } from '../../src/observability/metrics.js';
 import { headerValue, MAX_UPSTREAM_BODY, UpstreamClient } from '../../src/upstream/client.js';
 import { UpstreamFailure } from '../../src/values/failures.js';
 import { parseUpstream } from '../../src/values/parsers.js';
@@ -34,15 +36,28 @@ async function upstream(t: Test, handler: (req: http.IncomingMessage, res: http.
   return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, paths, connections: () => connections };
 }
 
-function client(t: Test, server: Upstream, options: { attemptTimeoutMs?: number; connections?: number } = {}): UpstreamClient {
+/** A client of `server` with metrics of its own: `outcomes()` lists the requests it counted, by leg and outcome. */
+function client(
+  t: Test,
+  server: Pick<Upstream, 'url'>,
+  options: { attemptTimeoutMs?: number; connections?: number } = {},
+): UpstreamClient & { outcomes(): Promise<string[]> } {
+  const metrics = new Metrics('test', { cacheEntries: () => 0, earliestExpirySeconds: () => undefined, fetchesInFlight: () => 0, ready: () => true });
   const c = new UpstreamClient(parseUpstream(server.url), {
     attemptTimeoutMs: options.attemptTimeoutMs ?? 5000,
     connections: options.connections ?? 2,
+    metrics,
   });
   t.teardown(() => c.close(0));
-  return c;
+  return Object.assign(c, {
+    async outcomes() {
+      const { values } = await metrics.upstreamRequests.get();
+      return values.flatMap((v) => Array.from({ length: v.value }, () => `${v.labels.leg} ${v.labels.outcome}`)).sort();
+    },
+  });
 }
 
+/** The caller's signal of most calls: never aborted. Every call must leave no listener on it. */
 const never = new AbortController().signal;
 
 /** The failure a call ended with (the test fails if it succeeded). */
@@ -100,6 +115,7 @@ t.test('a body over the bound fails, and its connection is not reused', async (t
   t.match(failure.message, `larger than ${MAX_UPSTREAM_BODY} bytes`);
   t.equal((await c.get('token', '/after', {}, never)).body, 'ok', 'the next request is answered');
   t.equal(server.connections(), 2, 'on a new connection: the half-read one was closed');
+  t.same(await c.outcomes(), ['token 2xx', 'token error'], 'each request counted once');
 });
 
 t.test('exactly the bound is accepted', async (t) => {
@@ -109,14 +125,20 @@ t.test('exactly the bound is accepted', async (t) => {
 
 t.test('the attempt deadline ends a hung request; the pool goes on', async (t) => {
   const server = await upstream(t, (req, res) => {
-    if (req.url !== '/hang') res.end('ok');
+    if (req.url === '/stall') {
+      // Headers and half the body, then nothing.
+      res.writeHead(200, { 'Content-Length': '100' });
+      res.write('{"access');
+    } else if (req.url !== '/hang') res.end('ok');
   });
   const c = client(t, server, { attemptTimeoutMs: 200, connections: 1 });
   const failure = await failureOf(t, c.get('token', '/hang', {}, never));
-  t.equal(failure.kind, 'timeout');
+  t.equal(failure.kind, 'timeout', 'no answer at all');
   t.match(failure.message, /no answer from http:\/\/127\.0\.0\.1:\d+ in time/);
+  t.equal((await failureOf(t, c.get('token', '/stall', {}, never))).kind, 'timeout', 'an answer that stalls mid-body');
   t.equal((await c.get('token', '/after', {}, never)).body, 'ok', 'the next request is answered');
-  t.equal(server.connections(), 2, 'on a new connection: the hung one was closed');
+  t.equal(server.connections(), 3, 'each on a new connection: a hung one is closed');
+  t.same(await c.outcomes(), ['token 2xx', 'token timeout', 'token timeout'], 'each request counted once');
 });
 
 t.test("the caller's signal", async (t) => {
@@ -139,13 +161,19 @@ t.test("the caller's signal", async (t) => {
     const caller = new AbortController();
     const queued = c.get('token', '/queued', {}, caller.signal);
     caller.abort();
-    const failure = await failureOf(t, queued);
-    t.equal(failure.kind, 'timeout');
-    t.not(release, undefined, 'it ended while the only connection was still busy');
+    // The request ahead is answered only after release(): the queued one must end before that.
+    const ended = await Promise.race([
+      failureOf(t, queued),
+      new Promise<'still waiting'>((resolve) => setTimeout(resolve, 10_000, 'still waiting').unref()),
+    ]);
+    t.not(ended, 'still waiting', 'it ended while the only connection was still busy');
+    if (ended !== 'still waiting') t.equal(ended.kind, 'timeout');
+    t.equal(getEventListeners(caller.signal, 'abort').length, 0, 'no listener left on its signal');
     release();
     t.equal((await slow).body, 'slow', 'the request ahead of it is unaffected');
     t.equal((await c.get('token', '/after', {}, never)).body, 'ok');
     t.same(server.paths, ['/slow', '/after'], 'the abandoned request never reached the upstream');
+    t.same(await c.outcomes(), ['token 2xx', 'token 2xx', 'token timeout'], 'each request counted once');
   });
 
   t.test('aborted mid-request: it ends, and the pool goes on', async (t) => {
@@ -177,8 +205,13 @@ t.test('connection failures are told apart', async (t) => {
   const reset = await failureOf(t, client(t, server).get('token', '/', {}, never));
   t.equal(reset.kind, 'reset', 'a connection closed without an answer');
 
-  const nobody = { url: `http://127.0.0.1:${await closedPort()}`, paths: [], connections: () => 0 };
+  const nobody = { url: `http://127.0.0.1:${await closedPort()}` };
   const refused = await failureOf(t, client(t, nobody).get('token', '/', {}, never));
   t.equal(refused.kind, 'refused', 'nothing listening');
   t.match(refused.message, /connection refused by http:\/\/127\.0\.0\.1:\d+/);
+});
+
+// Last, after every call above that used it (tap runs a file's tests in order).
+t.test("no call left a listener on the caller's signal", async (t) => {
+  t.equal(getEventListeners(never, 'abort').length, 0);
 });
