@@ -8,33 +8,19 @@ import { Metrics } from '../../src/observability/metrics.js';
 import { headerValue, MAX_UPSTREAM_BODY, UpstreamClient } from '../../src/upstream/client.js';
 import { UpstreamFailure } from '../../src/values/failures.js';
 import { parseUpstream } from '../../src/values/parsers.js';
+import { scriptedUpstream } from '../fixtures/stack.js';
 
-interface Upstream {
-  readonly url: string;
-  /** Every request the server received, in order. */
-  readonly paths: string[];
-  /** How many connections it accepted. */
-  connections(): number;
+type Upstream = Awaited<ReturnType<typeof scriptedUpstream>>;
+
+/** A scripted loopback upstream, closed when the test ends. */
+async function upstream(t: Test, handler: Parameters<typeof scriptedUpstream>[0]): Promise<Upstream> {
+  const server = await scriptedUpstream(handler);
+  t.teardown(server.close);
+  return server;
 }
 
-async function upstream(t: Test, handler: (req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<Upstream> {
-  const paths: string[] = [];
-  let connections = 0;
-  const server = http.createServer((req, res) => {
-    paths.push(req.url ?? '');
-    handler(req, res);
-  });
-  server.on('connection', () => connections++);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, paths, connections: () => connections };
-}
+/** The request targets the upstream received, in order. */
+const paths = (server: Upstream) => server.requests.map((req) => req.url);
 
 /** A client of `server` with metrics of its own: `outcomes()` lists the requests it counted, by leg and outcome. */
 function client(
@@ -85,7 +71,7 @@ t.test('an answer is read whole: status, headers by lower-case name, body', asyn
   t.equal(headerValue(answer.headers, 'www-authenticate'), 'Basic realm=/x/y.key');
   t.equal(headerValue(answer.headers, 'x-echo'), 'true', 'our headers were sent');
   t.same(answer.headers['set-cookie'], ['a=1', 'b=2'], 'a repeated header is a list');
-  t.same(server.paths, ['/metadata/identity/oauth2/token?x=1']);
+  t.same(paths(server), ['/metadata/identity/oauth2/token?x=1']);
 });
 
 t.test('a body split over many chunks arrives whole; an informational answer before it is skipped', async (t) => {
@@ -146,7 +132,7 @@ t.test("the caller's signal", async (t) => {
     const server = await upstream(t, (_req, res) => res.end('ok'));
     const failure = await failureOf(t, client(t, server).get('token', '/', {}, AbortSignal.abort()));
     t.equal(failure.kind, 'timeout');
-    t.equal(server.paths.length, 0, 'the upstream saw no request');
+    t.equal(server.requests.length, 0, 'the upstream saw no request');
   });
 
   t.test('aborted while the request waits for a connection: it ends at once and is never sent', async (t) => {
@@ -172,7 +158,7 @@ t.test("the caller's signal", async (t) => {
     release();
     t.equal((await slow).body, 'slow', 'the request ahead of it is unaffected');
     t.equal((await c.get('token', '/after', {}, never)).body, 'ok');
-    t.same(server.paths, ['/slow', '/after'], 'the abandoned request never reached the upstream');
+    t.same(paths(server), ['/slow', '/after'], 'the abandoned request never reached the upstream');
     t.same(await c.outcomes(), ['token 2xx', 'token 2xx', 'token timeout'], 'each request counted once');
   });
 
@@ -183,7 +169,7 @@ t.test("the caller's signal", async (t) => {
     const c = client(t, server, { connections: 1 });
     const caller = new AbortController();
     const hung = c.get('token', '/hang', {}, caller.signal);
-    while (server.paths.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    while (server.requests.length === 0) await new Promise((resolve) => setImmediate(resolve));
     caller.abort();
     t.equal((await failureOf(t, hung)).kind, 'timeout');
     t.equal((await c.get('token', '/after', {}, never)).body, 'ok');
